@@ -1,0 +1,56 @@
+# webhook_outbox — PGXS build.
+#
+#   make             build the extension
+#   make install     install it into the PostgreSQL that pg_config names
+#   make test        install what is missing, build, install, run every test
+#   make demo        install what is missing, build, install, run the ledger demo
+#   make bench       run the benchmarks of bench/ and append to bench/RESULTS.md
+
+EXTENSION  = webhook_outbox
+MODULE_big = webhook_outbox
+OBJS = \
+	src/webhook_outbox.o \
+	src/wakeup.o \
+	src/validate.o \
+	src/signing.o \
+	src/endpoints.o \
+	src/emit.o \
+	src/worker.o
+
+DATA = $(wildcard sql/webhook_outbox--*.sql)
+PGFILEDESC = "webhook_outbox - transactional webhook outbox"
+
+PG_CONFIG ?= pg_config
+PKG_CONFIG ?= pkg-config
+
+PG_CPPFLAGS = -I$(srcdir)/src $(shell $(PKG_CONFIG) --cflags libcurl libcrypto)
+SHLIB_LINK  = $(shell $(PKG_CONFIG) --libs libcurl libcrypto)
+
+# Regression tests: one file per feature, against a throwaway server that
+# preloads the library (the worker then waits on a database without the
+# extension, so it cannot disturb the expected output).
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/webhook_outbox--%,$(wildcard sql/*.sql))))
+REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I $(srcdir)/test/lib
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# -Wextra (as CI builds) also fires on PostgreSQL's own headers for these two.
+override CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
+
+.PHONY: test demo bench fuzz
+test:
+	./test/run
+
+demo:
+	./demo/run
+
+bench:
+	./bench/run
+
+fuzz:
+	./test/fuzz/run

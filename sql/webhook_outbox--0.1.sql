@@ -1,0 +1,589 @@
+-- webhook_outbox 0.1: tables, views and functions of the webhook outbox.
+--
+-- Layout: base tables hold everything the worker needs (including internal
+-- columns such as secrets and the inserting transaction's id); the views
+-- webhook.events, webhook.deliveries and webhook.attempts show exactly the
+-- columns of the contract. Every object is schema-qualified; nothing is
+-- granted to PUBLIC.
+
+\echo Use "CREATE EXTENSION webhook_outbox" to load this file. \quit
+
+REVOKE ALL ON SCHEMA webhook FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Event catalog
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE webhook.event_types (
+    name        text PRIMARY KEY
+                CONSTRAINT event_types_name_format
+                CHECK (name ~ '^[a-z0-9_]+(\.[a-z0-9_]+)+$'),
+    description text
+);
+
+INSERT INTO webhook.event_types (name, description) VALUES
+    ('journal_entry.created',  'A journal entry was drafted'),
+    ('journal_entry.posted',   'A journal entry was posted to the ledger'),
+    ('journal_entry.reversed', 'A posted journal entry was reversed'),
+    ('account.created',        'An account was opened'),
+    ('account.updated',        'An account was changed'),
+    ('period.closed',          'An accounting period was closed'),
+    ('period.reopened',        'A closed accounting period was reopened');
+
+-- pg_dump keeps the event types users registered; the shipped ones come back
+-- with CREATE EXTENSION.
+SELECT pg_catalog.pg_extension_config_dump('webhook.event_types',
+    $$WHERE name NOT IN ('journal_entry.created', 'journal_entry.posted',
+        'journal_entry.reversed', 'account.created', 'account.updated',
+        'period.closed', 'period.reopened')$$);
+
+-- ---------------------------------------------------------------------------
+-- Endpoints
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE webhook.endpoints (
+    id                  uuid PRIMARY KEY,
+    url                 text NOT NULL,
+    event_types         text[],             -- NULL = every event
+    secret              text NOT NULL,
+    previous_secret     text,               -- still signs until ...
+    previous_secret_expires_at timestamptz, -- ... this moment (rotate_secret)
+    description         text,
+    headers             jsonb,
+    enabled             boolean NOT NULL DEFAULT true,
+    disabled_at         timestamptz,
+    disabled_reason     text,
+    failing_since       timestamptz,        -- first failure since the last success
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('webhook.endpoints', '');
+
+-- ---------------------------------------------------------------------------
+-- Events: insert-only, one row per webhook.emit.
+-- ---------------------------------------------------------------------------
+
+-- txid is the top-level transaction id of the emitter. The worker compares
+-- it with the snapshot it took at its previous dispatch pass to find events
+-- whose transactions have committed since, including those with a lower id
+-- that committed late (see src/queue.c).
+CREATE TABLE webhook.event_log (
+    id          uuid PRIMARY KEY,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL,
+    txid        xid8 NOT NULL
+);
+CREATE INDEX event_log_txid_idx ON webhook.event_log (txid);
+CREATE INDEX event_log_created_at_idx ON webhook.event_log (created_at);
+
+-- Where dispatch stopped: the snapshot of the last dispatch pass. One row.
+CREATE TABLE webhook.dispatch_cursor (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    snapshot    pg_snapshot NOT NULL
+);
+INSERT INTO webhook.dispatch_cursor (snapshot) VALUES (pg_catalog.pg_current_snapshot());
+
+-- ---------------------------------------------------------------------------
+-- Deliveries and attempts
+-- ---------------------------------------------------------------------------
+
+-- One row per (event, endpoint). A pending delivery whose endpoint is
+-- disabled is parked at next_attempt_at = 'infinity' and resumes when the
+-- endpoint is enabled again.
+CREATE TABLE webhook.delivery_log (
+    event_id         uuid NOT NULL,
+    endpoint_id      uuid NOT NULL,
+    event_type       text NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'succeeded', 'failed', 'cancelled')),
+    attempts         integer NOT NULL DEFAULT 0,
+    last_status_code integer,
+    last_error       text,
+    next_attempt_at  timestamptz,
+    next_attempt_manual boolean NOT NULL DEFAULT false,
+    succeeded_at     timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (event_id, endpoint_id)
+);
+CREATE INDEX delivery_log_due_idx ON webhook.delivery_log (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX delivery_log_endpoint_idx ON webhook.delivery_log (endpoint_id, created_at);
+
+CREATE TABLE webhook.attempt_log (
+    event_id      uuid NOT NULL,
+    endpoint_id   uuid NOT NULL,
+    attempt       integer NOT NULL,
+    started_at    timestamptz NOT NULL,
+    duration_ms   double precision NOT NULL,
+    status_code   integer,
+    error         text,
+    response_body text,
+    manual        boolean NOT NULL DEFAULT false
+);
+CREATE INDEX attempt_log_delivery_idx ON webhook.attempt_log (event_id, endpoint_id);
+CREATE INDEX attempt_log_started_at_idx ON webhook.attempt_log (started_at);
+
+-- The contract's relations.
+CREATE VIEW webhook.events AS
+    SELECT id, event_type, payload, created_at
+      FROM webhook.event_log;
+
+CREATE VIEW webhook.deliveries AS
+    SELECT event_id, endpoint_id, event_type, status, attempts,
+           last_status_code, last_error, next_attempt_at, succeeded_at,
+           created_at
+      FROM webhook.delivery_log;
+
+CREATE VIEW webhook.attempts AS
+    SELECT event_id, endpoint_id, attempt, started_at, duration_ms,
+           status_code, error, response_body, manual
+      FROM webhook.attempt_log;
+
+-- ---------------------------------------------------------------------------
+-- Validation helpers (C, src/validate.c): each raises a specific error.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION webhook.check_url(url text) RETURNS void
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_check_url';
+CREATE FUNCTION webhook.check_headers(headers jsonb) RETURNS void
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_check_headers';
+CREATE FUNCTION webhook.check_secret(secret text) RETURNS void
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_check_secret';
+CREATE FUNCTION webhook.check_event_type_name(name text) RETURNS void
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_check_event_type_name';
+CREATE FUNCTION webhook.generate_secret() RETURNS text
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'webhook_generate_secret';
+CREATE FUNCTION webhook.uuid_v7() RETURNS uuid
+    LANGUAGE c STRICT VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'webhook_uuid_v7';
+
+-- Signatures as the worker makes them, for receivers' tests and support.
+CREATE FUNCTION webhook.sign(secret text, webhook_id text, unix_timestamp bigint, body text)
+    RETURNS text
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_sign';
+CREATE FUNCTION webhook.sign_hex(secret text, body text) RETURNS text
+    LANGUAGE c STRICT IMMUTABLE AS 'MODULE_PATHNAME', 'webhook_sign_hex';
+
+-- Raises the catalog error unless every entry names an event type or is a
+-- 'prefix.*' pattern; returns the filter normalised ('{}' becomes NULL).
+CREATE FUNCTION webhook.check_event_filter(event_types text[]) RETURNS text[]
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    entry text;
+BEGIN
+    IF event_types IS NULL OR cardinality(event_types) = 0 THEN
+        RETURN NULL;
+    END IF;
+    FOREACH entry IN ARRAY event_types LOOP
+        IF entry IS NULL OR entry = '' THEN
+            RAISE EXCEPTION 'event type filter entries must not be null or empty'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF entry ~ '^[a-z0-9_]+(\.[a-z0-9_]+)*\.\*$' THEN
+            CONTINUE;
+        END IF;
+        PERFORM webhook.check_event_type_name(entry);
+        IF NOT EXISTS (SELECT 1 FROM webhook.event_types t WHERE t.name = entry) THEN
+            RAISE EXCEPTION 'event type "%" is not in the catalog', entry
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'Known event types: ' ||
+                          (SELECT string_agg(t.name, ', ' ORDER BY t.name) FROM webhook.event_types t) || '.',
+                      HINT = 'Register it with webhook.register_event_type(), or use a pattern such as ''journal_entry.*''.';
+        END IF;
+    END LOOP;
+    RETURN (SELECT array_agg(DISTINCT e ORDER BY e) FROM unnest(event_types) AS e);
+END
+$$;
+
+-- Whether an endpoint's filter lets an event type through.
+CREATE FUNCTION webhook.filter_matches(event_types text[], event_type text)
+    RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+RETURN event_types IS NULL
+    OR cardinality(event_types) = 0
+    OR event_type = ANY (event_types)
+    OR EXISTS (SELECT 1 FROM unnest(event_types) AS p
+                WHERE p LIKE '%.*'
+                  AND starts_with(event_type, left(p, -1)));
+
+-- ---------------------------------------------------------------------------
+-- Event catalog API
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION webhook.register_event_type(name text, description text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'event type name must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM webhook.check_event_type_name(name);
+    INSERT INTO webhook.event_types AS t (name, description)
+        VALUES (register_event_type.name, register_event_type.description)
+        ON CONFLICT ON CONSTRAINT event_types_pkey DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event type "%" already exists', name
+            USING ERRCODE = 'unique_violation';
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Endpoint API
+-- ---------------------------------------------------------------------------
+
+-- Credential-carrying header values are masked wherever endpoints are listed.
+CREATE FUNCTION webhook.mask_headers(headers jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+RETURN (SELECT jsonb_object_agg(h.key,
+                CASE WHEN lower(h.key) IN ('authorization', 'proxy-authorization', 'cookie',
+                                           'x-api-key', 'api-key', 'x-auth-token')
+                          OR lower(h.key) LIKE '%token%'
+                          OR lower(h.key) LIKE '%secret%'
+                          OR lower(h.key) LIKE '%password%'
+                     THEN to_jsonb('********'::text)
+                     ELSE h.value END)
+          FROM jsonb_each(headers) AS h);
+
+-- What the endpoint functions return. (plpgsql cannot declare a RETURNS
+-- TABLE column with the name of an argument, e.g. url; a composite type
+-- gives callers the same columns.)
+CREATE TYPE webhook.endpoint_info AS
+    (id uuid, url text, event_types text[], description text,
+     headers jsonb, enabled boolean, disabled_at timestamptz,
+     disabled_reason text, created_at timestamptz, updated_at timestamptz);
+CREATE TYPE webhook.endpoint_with_secret AS
+    (id uuid, url text, event_types text[], description text,
+     headers jsonb, enabled boolean, disabled_at timestamptz,
+     disabled_reason text, created_at timestamptz, updated_at timestamptz,
+     secret text);
+
+CREATE FUNCTION webhook.create_webhook(
+    url          text,
+    event_types  text[]  DEFAULT NULL,
+    secret       text    DEFAULT NULL,
+    description  text    DEFAULT NULL,
+    headers      jsonb   DEFAULT NULL,
+    enabled      boolean DEFAULT true)
+RETURNS SETOF webhook.endpoint_with_secret
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_url     text := url;
+    v_filter  text[];
+    v_secret  text := secret;
+    v_headers jsonb := headers;
+    v_enabled boolean := enabled;
+BEGIN
+    IF v_url IS NULL THEN
+        RAISE EXCEPTION 'url must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM webhook.check_url(v_url);
+    v_filter := webhook.check_event_filter(event_types);
+    IF v_secret IS NULL THEN
+        v_secret := webhook.generate_secret();
+    ELSE
+        PERFORM webhook.check_secret(v_secret);
+    END IF;
+    IF v_headers IS NOT NULL THEN
+        PERFORM webhook.check_headers(v_headers);
+        IF v_headers = '{}'::jsonb THEN
+            v_headers := NULL;
+        END IF;
+    END IF;
+    IF v_enabled IS NULL THEN
+        RAISE EXCEPTION 'enabled must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    RETURN QUERY
+    INSERT INTO webhook.endpoints AS e
+           (id, url, event_types, secret, description, headers, enabled,
+            disabled_at, disabled_reason)
+    VALUES (webhook.uuid_v7(), v_url, v_filter, v_secret, create_webhook.description,
+            v_headers, v_enabled,
+            CASE WHEN v_enabled THEN NULL ELSE now() END,
+            CASE WHEN v_enabled THEN NULL ELSE 'disabled at creation' END)
+    RETURNING e.id, e.url, e.event_types, e.description,
+              e.headers, e.enabled, e.disabled_at,
+              e.disabled_reason, e.created_at, e.updated_at, e.secret;
+END
+$$;
+
+CREATE FUNCTION webhook.list_webhooks()
+RETURNS SETOF webhook.endpoint_info
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT e.id, e.url, e.event_types, e.description,
+           webhook.mask_headers(e.headers), e.enabled, e.disabled_at,
+           e.disabled_reason, e.created_at, e.updated_at
+      FROM webhook.endpoints e
+     ORDER BY e.created_at, e.id;
+END;
+
+-- Raises the "no such endpoint" error (42704) for an id that names none.
+CREATE FUNCTION webhook.endpoint_not_found(id uuid) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'endpoint id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RAISE EXCEPTION 'webhook endpoint "%" does not exist', id
+        USING ERRCODE = 'undefined_object';
+END
+$$;
+
+CREATE FUNCTION webhook.get_webhook(id uuid)
+RETURNS SETOF webhook.endpoint_info
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT w.* FROM webhook.list_webhooks() w WHERE w.id = get_webhook.id;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(get_webhook.id);
+    END IF;
+END
+$$;
+
+-- Parks or resumes an endpoint's pending deliveries as it is disabled or
+-- enabled, so that the worker never scans deliveries it may not send.
+CREATE FUNCTION webhook.park_pending(endpoint_id uuid, parked boolean) RETURNS void
+    LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE webhook.delivery_log d
+       SET next_attempt_at = CASE WHEN park_pending.parked THEN 'infinity'::timestamptz
+                                  ELSE pg_catalog.now() END
+     WHERE d.endpoint_id = park_pending.endpoint_id
+       AND d.status = 'pending'
+       AND (park_pending.parked OR d.next_attempt_at = 'infinity');
+END;
+
+CREATE FUNCTION webhook.update_webhook(
+    id           uuid,
+    url          text    DEFAULT NULL,
+    event_types  text[]  DEFAULT NULL,
+    description  text    DEFAULT NULL,
+    headers      jsonb   DEFAULT NULL,
+    enabled      boolean DEFAULT NULL)
+RETURNS SETOF webhook.endpoint_info
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id      uuid := id;
+    v_was     boolean;
+    v_filter  text[];
+    v_headers jsonb := headers;
+BEGIN
+    SELECT e.enabled INTO v_was FROM webhook.endpoints e WHERE e.id = v_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(v_id);
+    END IF;
+    IF update_webhook.url IS NOT NULL THEN
+        PERFORM webhook.check_url(update_webhook.url);
+    END IF;
+    IF update_webhook.event_types IS NOT NULL THEN
+        v_filter := webhook.check_event_filter(update_webhook.event_types);
+    END IF;
+    IF v_headers IS NOT NULL THEN
+        PERFORM webhook.check_headers(v_headers);
+    END IF;
+
+    UPDATE webhook.endpoints e SET
+        url         = coalesce(update_webhook.url, e.url),
+        event_types = CASE WHEN update_webhook.event_types IS NULL THEN e.event_types
+                           ELSE v_filter END,
+        description = coalesce(update_webhook.description, e.description),
+        headers     = CASE WHEN v_headers IS NULL THEN e.headers
+                           WHEN v_headers = '{}'::jsonb THEN NULL
+                           ELSE v_headers END,
+        enabled     = coalesce(update_webhook.enabled, e.enabled),
+        disabled_at = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_at
+                           WHEN update_webhook.enabled THEN NULL
+                           WHEN v_was THEN now()
+                           ELSE e.disabled_at END,
+        disabled_reason = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_reason
+                           WHEN update_webhook.enabled THEN NULL
+                           WHEN v_was THEN 'disabled by ' || session_user
+                           ELSE e.disabled_reason END,
+        failing_since = CASE WHEN update_webhook.enabled THEN NULL ELSE e.failing_since END,
+        updated_at  = now()
+     WHERE e.id = v_id;
+
+    IF update_webhook.enabled IS NOT NULL AND update_webhook.enabled IS DISTINCT FROM v_was THEN
+        PERFORM webhook.park_pending(v_id, NOT update_webhook.enabled);
+    END IF;
+
+    RETURN QUERY SELECT * FROM webhook.get_webhook(v_id);
+END
+$$;
+
+CREATE FUNCTION webhook.delete_webhook(id uuid) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'endpoint id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM webhook.endpoints e WHERE e.id = delete_webhook.id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE webhook.delivery_log d
+       SET status = 'cancelled', next_attempt_at = NULL,
+           last_error = coalesce(d.last_error, 'endpoint deleted')
+     WHERE d.endpoint_id = delete_webhook.id AND d.status = 'pending';
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION webhook.rotate_secret(id uuid, grace interval DEFAULT '24 hours')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_secret text := webhook.generate_secret();
+BEGIN
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'grace period must be a non-negative interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE webhook.endpoints e
+       SET previous_secret = CASE WHEN grace > interval '0' THEN e.secret END,
+           previous_secret_expires_at = CASE WHEN grace > interval '0' THEN now() + grace END,
+           secret = v_secret,
+           updated_at = now()
+     WHERE e.id = rotate_secret.id;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(rotate_secret.id);
+    END IF;
+    RETURN v_secret;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Emitting events (C, src/emit.c). SECURITY DEFINER: an application role with
+-- EXECUTE on emit records events without any right on the tables.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION webhook.emit(event_type text, payload jsonb) RETURNS uuid
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'webhook_emit';
+
+CREATE FUNCTION webhook.emit_trigger() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'webhook_emit_trigger';
+
+-- ---------------------------------------------------------------------------
+-- Sending again by hand
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION webhook.retry_delivery(event_id uuid, endpoint_id uuid) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_enabled boolean;
+BEGIN
+    IF event_id IS NULL OR endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'event id and endpoint id must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT e.enabled INTO v_enabled FROM webhook.endpoints e WHERE e.id = retry_delivery.endpoint_id;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(retry_delivery.endpoint_id);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM webhook.event_log ev WHERE ev.id = retry_delivery.event_id) THEN
+        RAISE EXCEPTION 'event "%" does not exist', retry_delivery.event_id
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    INSERT INTO webhook.delivery_log AS d
+           (event_id, endpoint_id, event_type, status, next_attempt_at, next_attempt_manual)
+    SELECT ev.id, retry_delivery.endpoint_id, ev.event_type, 'pending',
+           CASE WHEN v_enabled THEN now() ELSE 'infinity' END, true
+      FROM webhook.event_log ev WHERE ev.id = retry_delivery.event_id
+    ON CONFLICT ON CONSTRAINT delivery_log_pkey DO UPDATE
+       SET status = 'pending',
+           next_attempt_at = excluded.next_attempt_at,
+           next_attempt_manual = true;
+    PERFORM webhook.wake_worker();
+END
+$$;
+
+-- Sends again, by hand, every event of the window that the endpoint's
+-- filter selects and that it has not received: failed or cancelled
+-- deliveries, and events dispatched while it was disabled. Deliveries that
+-- succeeded or are still pending are left as they are (retry_delivery
+-- re-sends one that succeeded). Returns how many deliveries it queued.
+CREATE FUNCTION webhook.replay(endpoint_id uuid, since timestamptz, until timestamptz DEFAULT now())
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_filter  text[];
+    v_enabled boolean;
+    v_count   bigint;
+BEGIN
+    IF endpoint_id IS NULL OR since IS NULL OR until IS NULL THEN
+        RAISE EXCEPTION 'endpoint id, since and until must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF since > until THEN
+        RAISE EXCEPTION 'replay window is empty: since is after until'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT e.event_types, e.enabled INTO v_filter, v_enabled
+      FROM webhook.endpoints e WHERE e.id = replay.endpoint_id;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(replay.endpoint_id);
+    END IF;
+    INSERT INTO webhook.delivery_log AS d
+           (event_id, endpoint_id, event_type, status, next_attempt_at, next_attempt_manual)
+    SELECT ev.id, replay.endpoint_id, ev.event_type, 'pending',
+           CASE WHEN v_enabled THEN now() ELSE 'infinity' END, true
+      FROM webhook.event_log ev
+     WHERE ev.created_at >= replay.since AND ev.created_at < replay.until
+       AND webhook.filter_matches(v_filter, ev.event_type)
+    ON CONFLICT ON CONSTRAINT delivery_log_pkey DO UPDATE
+       SET status = 'pending',
+           next_attempt_at = excluded.next_attempt_at,
+           next_attempt_manual = true
+     WHERE d.status IN ('failed', 'cancelled');
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    PERFORM webhook.wake_worker();
+    RETURN v_count;
+END
+$$;
+
+CREATE FUNCTION webhook.wake_worker() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'webhook_wake_worker';
+
+-- ---------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC. The owner grants what a deployment needs
+-- (see README, "Privileges").
+-- ---------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webhook FROM PUBLIC;

@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * endpoints.c
+ *		SQL-callable checks behind webhook.create_webhook and
+ *		webhook.update_webhook, and secret generation.
+ *
+ * The endpoint functions themselves are SQL (webhook_outbox--0.1.sql); the
+ * rules they enforce live here and in validate.c so that every entry point
+ * reports the same error with the same SQLSTATE.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "webhook_outbox.h"
+
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include <openssl/evp.h>
+
+#include "validate.h"
+
+#define ENDPOINTS_SECRET_BYTES 32
+#define ENDPOINTS_DISPLAY_MAX 120
+
+/*
+ * The URL as shown in an error: credentials in it replaced by "***", long
+ * ones cut short.
+ */
+static char *
+endpoints_url_for_display(const char *url)
+{
+	const char *authority = strstr(url, "://");
+	const char *at;
+	const char *end;
+	char	   *shown;
+
+	if (authority != NULL)
+	{
+		authority += 3;
+		end = authority + strcspn(authority, "/?#");
+		at = memchr(authority, '@', end - authority);
+		if (at != NULL)
+			url = psprintf("%.*s***%s", (int) (authority - url), url, at);
+	}
+	shown = pstrdup(url);
+	if (strlen(shown) > ENDPOINTS_DISPLAY_MAX)
+		strcpy(shown + ENDPOINTS_DISPLAY_MAX - 3, "...");
+	return shown;
+}
+
+/*
+ * webhook.check_url(url): raise 22023 unless url is an absolute http(s) URL
+ * with a host, at most 1024 characters.
+ */
+PG_FUNCTION_INFO_V1(webhook_check_url);
+Datum
+webhook_check_url(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const char *problem = validate_url(url, strlen(url));
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid webhook URL \"%s\"", endpoints_url_for_display(url)),
+				 errdetail("%s", problem)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.check_headers(headers): raise unless headers is a JSON object of
+ * string values with valid, non-reserved names and no control characters.
+ */
+PG_FUNCTION_INFO_V1(webhook_check_headers);
+Datum
+webhook_check_headers(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *headers = PG_GETARG_JSONB_P(0);
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	char	   *name = NULL;
+
+	if (!JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("webhook headers must be a JSON object"),
+				 errhint("Pass headers such as '{\"Authorization\": \"Bearer ...\"}'.")));
+
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		const char *problem;
+
+		if (token == WJB_KEY)
+		{
+			name = pnstrdup(v.val.string.val, v.val.string.len);
+			problem = validate_header_name(v.val.string.val, v.val.string.len);
+			if (problem != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid webhook header name \"%s\"", name),
+						 errdetail("%s", problem)));
+		}
+		else if (token == WJB_VALUE)
+		{
+			if (v.type != jbvString)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("value of webhook header \"%s\" must be a JSON string", name)));
+			problem = validate_header_value(v.val.string.val, v.val.string.len);
+			if (problem != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid value for webhook header \"%s\"", name),
+						 errdetail("%s", problem)));
+		}
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.check_secret(secret): raise unless it has 16 to 256 characters.
+ * The value itself never appears in the error.
+ */
+PG_FUNCTION_INFO_V1(webhook_check_secret);
+Datum
+webhook_check_secret(PG_FUNCTION_ARGS)
+{
+	text	   *secret = PG_GETARG_TEXT_PP(0);
+	int			length = pg_mbstrlen_with_len(VARDATA_ANY(secret),
+											  VARSIZE_ANY_EXHDR(secret));
+
+	if (length < WEBHOOK_MIN_SECRET_LENGTH || length > WEBHOOK_MAX_SECRET_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("webhook secret must have 16 to 256 characters, not %d", length),
+				 errhint("Pass NULL to have a strong secret generated.")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.check_event_type_name(name): raise unless name is dot-separated
+ * lowercase words.
+ */
+PG_FUNCTION_INFO_V1(webhook_check_event_type_name);
+Datum
+webhook_check_event_type_name(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	const char *problem = validate_event_type_name(VARDATA_ANY(name),
+												   VARSIZE_ANY_EXHDR(name));
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type name \"%s\"", text_to_cstring(name)),
+				 errdetail("%s", problem)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.generate_secret(): "whsec_" + base64 of 32 strong random bytes.
+ */
+PG_FUNCTION_INFO_V1(webhook_generate_secret);
+Datum
+webhook_generate_secret(PG_FUNCTION_ARGS)
+{
+	unsigned char raw[ENDPOINTS_SECRET_BYTES];
+	char		secret[6 + 4 * ((ENDPOINTS_SECRET_BYTES + 2) / 3) + 1];
+
+	(void) fcinfo;
+	if (!pg_strong_random(raw, sizeof(raw)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random bytes for a webhook secret")));
+	memcpy(secret, "whsec_", 6);
+	EVP_EncodeBlock((unsigned char *) secret + 6, raw, sizeof(raw));
+	explicit_bzero(raw, sizeof(raw));
+	PG_RETURN_TEXT_P(cstring_to_text(secret));
+}

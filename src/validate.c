@@ -1,0 +1,162 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.c
+ *		Checks of endpoint URLs, custom headers and event type names.
+ *
+ * The URL is parsed by libcurl's own URL parser, the one that will parse it
+ * again at delivery, so that what we accept is what curl understands.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "validate.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+
+/* Headers the extension sets itself, or that only a transport may set. */
+static const char *const validate_reserved_headers[] = {
+	"content-type", "user-agent", "host", "content-length",
+	"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+	"proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
+	"upgrade", "expect",
+	NULL
+};
+
+/*
+ * Whether the string holds a byte that has no place in a URL or header:
+ * controls (CR, LF, NUL included) and DEL.
+ */
+static bool
+validate_has_control(const char *s, size_t len, bool allow_tab)
+{
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if (c == '\t' && allow_tab)
+			continue;
+		if (c < 0x20 || c == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Check that the URL is an absolute http or https URL with a host.
+ */
+const char *
+validate_url(const char *url, size_t len)
+{
+	CURLU	   *parsed;
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	const char *problem = NULL;
+
+	if (len == 0)
+		return "The URL is empty.";
+	if (len > WEBHOOK_MAX_URL_LENGTH)
+		return "A webhook URL has at most 1024 characters.";
+	if (memchr(url, '\0', len) != NULL || validate_has_control(url, len, false))
+		return "The URL contains a control character.";
+	for (size_t i = 0; i < len; i++)
+		if (url[i] == ' ')
+			return "The URL contains a space.";
+	if (!((len > 7 && strncasecmp(url, "http://", 7) == 0) ||
+		  (len > 8 && strncasecmp(url, "https://", 8) == 0)))
+		return "Only absolute http:// and https:// URLs are accepted.";
+
+	parsed = curl_url();
+	if (parsed == NULL)
+		return "Out of memory while parsing the URL.";
+	/* url is NUL-terminated by the caller at len */
+	if (curl_url_set(parsed, CURLUPART_URL, url, 0) != CURLUE_OK)
+		problem = "The URL cannot be parsed.";
+	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
+		problem = "Only absolute http:// and https:// URLs are accepted.";
+	else if (curl_url_get(parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+			 host[0] == '\0')
+		problem = "The URL has no host.";
+
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(parsed);
+	return problem;
+}
+
+/*
+ * Check a custom header's name: an HTTP token, not one the extension sets.
+ */
+const char *
+validate_header_name(const char *name, size_t len)
+{
+	if (len == 0)
+		return "A header name is empty.";
+	if (len > WEBHOOK_MAX_HEADER_NAME_LENGTH)
+		return "A header name has at most 256 characters.";
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) name[i];
+
+		/* strchr() finds the terminator too, so NUL is refused first */
+		if (c == '\0' || !(isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL))
+			return "A header name may contain only letters, digits and !#$%&'*+-.^_`|~.";
+	}
+	for (const char *const *r = validate_reserved_headers; *r != NULL; r++)
+		if (strlen(*r) == len && strncasecmp(name, *r, len) == 0)
+			return "This header is set by webhook_outbox itself or by the HTTP transport.";
+	if ((len >= 10 && strncasecmp(name, "x-webhook-", 10) == 0) ||
+		(len >= 8 && strncasecmp(name, "webhook-", 8) == 0))
+		return "Headers named X-Webhook-* and webhook-* are set by webhook_outbox itself.";
+	return NULL;
+}
+
+/*
+ * Check a custom header's value: no CR, LF or other control characters.
+ */
+const char *
+validate_header_value(const char *value, size_t len)
+{
+	if (len > WEBHOOK_MAX_HEADER_VALUE_LENGTH)
+		return "A header value has at most 8192 characters.";
+	if (memchr(value, '\0', len) != NULL || validate_has_control(value, len, true))
+		return "A header value must not contain CR, LF or other control characters.";
+	return NULL;
+}
+
+/*
+ * Check an event type name: dot-separated lowercase words, e.g.
+ * "journal_entry.posted".
+ */
+const char *
+validate_event_type_name(const char *name, size_t len)
+{
+	size_t		word = 0;
+	int			dots = 0;
+
+	if (len == 0 || len > WEBHOOK_MAX_EVENT_TYPE_LENGTH)
+		return "An event type name has 3 to 255 characters.";
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = name[i];
+
+		if (c == '.')
+		{
+			if (word == 0)
+				return "Event type names are dot-separated lowercase words, such as \"journal_entry.posted\".";
+			dots++;
+			word = 0;
+		}
+		else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')
+			word++;
+		else
+			return "Event type names are dot-separated lowercase words, such as \"journal_entry.posted\".";
+	}
+	if (word == 0 || dots == 0)
+		return "Event type names are dot-separated lowercase words, such as \"journal_entry.posted\".";
+	return NULL;
+}

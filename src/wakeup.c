@@ -1,0 +1,193 @@
+/*-------------------------------------------------------------------------
+ *
+ * wakeup.c
+ *		Shared memory of webhook_outbox and the commit-time wake-up of the
+ *		delivery worker.
+ *
+ * webhook.emit marks the transaction; when it commits, a transaction
+ * callback sets an atomic flag in shared memory and, only if the flag was
+ * clear, the worker's latch. Concurrent commits thus coalesce into one
+ * wake-up, and no lock is taken on the commit path (no NOTIFY). Events that
+ * commit without a callback (COMMIT PREPARED) are found by the worker's
+ * poll timeout.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "webhook_outbox.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+typedef struct WebhookShared
+{
+	pg_atomic_uint32 wake_pending;	/* set by committers, cleared by worker */
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+} WebhookShared;
+
+static WebhookShared *wakeup_shared = NULL;
+static bool wakeup_emitted_in_xact = false;
+static bool wakeup_callback_registered = false;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type wakeup_prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type wakeup_prev_shmem_startup_hook = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static void
+wakeup_shmem_request_hook(void)
+{
+	if (wakeup_prev_shmem_request_hook)
+		wakeup_prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WebhookShared)));
+}
+#endif
+
+/*
+ * Reserve shared memory for the wake-up state (called from _PG_init).
+ */
+void
+webhook_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	wakeup_prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = wakeup_shmem_request_hook;
+#else
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WebhookShared)));
+#endif
+	wakeup_prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = webhook_shmem_startup;
+}
+
+/*
+ * Create or attach to the shared state.
+ */
+void
+webhook_shmem_startup(void)
+{
+	bool		found;
+
+	if (wakeup_prev_shmem_startup_hook)
+		wakeup_prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	wakeup_shared = ShmemInitStruct("webhook_outbox", sizeof(WebhookShared), &found);
+	if (!found)
+	{
+		pg_atomic_init_u32(&wakeup_shared->wake_pending, 0);
+		wakeup_shared->worker_latch = NULL;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Wake the worker unless a wake-up is already pending.
+ */
+void
+webhook_wake(void)
+{
+	Latch	   *latch;
+
+	if (wakeup_shared == NULL)
+		return;
+	if (pg_atomic_read_u32(&wakeup_shared->wake_pending) != 0)
+		return;
+	if (pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 1) != 0)
+		return;
+	latch = wakeup_shared->worker_latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * At commit of a transaction that emitted, wake the worker.
+ */
+static void
+wakeup_xact_callback(XactEvent event, void *arg)
+{
+	(void) arg;
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wakeup_emitted_in_xact)
+				webhook_wake();
+			wakeup_emitted_in_xact = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			wakeup_emitted_in_xact = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Remember that the current transaction emitted an event.
+ */
+void
+webhook_note_emitted(void)
+{
+	if (!wakeup_callback_registered)
+	{
+		RegisterXactCallback(wakeup_xact_callback, NULL);
+		wakeup_callback_registered = true;
+	}
+	wakeup_emitted_in_xact = true;
+}
+
+/*
+ * Publish the worker's latch so committers can wake it.
+ */
+void
+webhook_worker_attach(void)
+{
+	if (wakeup_shared == NULL)
+		return;
+	wakeup_shared->worker_latch = MyLatch;
+	pg_write_barrier();
+	/* Whatever committed before we were listening is found by the first pass. */
+	pg_atomic_write_u32(&wakeup_shared->wake_pending, 1);
+}
+
+/*
+ * Withdraw the worker's latch at exit.
+ */
+void
+webhook_worker_detach(void)
+{
+	if (wakeup_shared != NULL)
+		wakeup_shared->worker_latch = NULL;
+}
+
+/*
+ * Take the pending wake-up, if any; true when there was one.
+ */
+bool
+webhook_consume_wake(void)
+{
+	if (wakeup_shared == NULL)
+		return true;
+	return pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 0) != 0;
+}
+
+/*
+ * webhook.wake_worker(): wake the worker when the calling transaction
+ * commits (used by manual retries and replays).
+ */
+PG_FUNCTION_INFO_V1(webhook_wake_worker);
+Datum
+webhook_wake_worker(PG_FUNCTION_ARGS)
+{
+	(void) fcinfo;
+	webhook_note_emitted();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,227 @@
+/*-------------------------------------------------------------------------
+ *
+ * webhook_outbox.c
+ *		Module entry point: the webhook.* parameters and, when the library
+ *		is preloaded, shared memory and the delivery worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "webhook_outbox.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include <errno.h>
+#include <limits.h>
+
+PG_MODULE_MAGIC;
+
+char	   *webhook_database = NULL;
+int			webhook_concurrency = 64;
+int			webhook_per_endpoint_concurrency = 16;
+int			webhook_timeout_ms = 15000;
+char	   *webhook_retry_schedule = NULL;
+int			webhook_disable_after_s = 5 * 24 * 3600;
+bool		webhook_allow_private_networks = false;
+char	   *webhook_allowed_networks = NULL;
+char	   *webhook_proxy = NULL;
+char	   *webhook_ca_file = NULL;
+int			webhook_max_response_body = 4096;
+int			webhook_max_payload_size = 1024 * 1024;
+int			webhook_retention_s = 30 * 24 * 3600;
+int			webhook_poll_interval_ms = 1000;
+int			webhook_retry_after_max_s = 3600;
+
+int			webhook_retry_delays_ms[WEBHOOK_MAX_RETRIES];
+int			webhook_retry_count = 0;
+
+/* The parsed form of webhook.retry_schedule, kept as the GUC's "extra". */
+typedef struct RetrySchedule
+{
+	int			count;
+	int			delays_ms[WEBHOOK_MAX_RETRIES];
+} RetrySchedule;
+
+void		_PG_init(void);
+
+/*
+ * Parse one duration of the retry schedule: a whole number and a unit, one
+ * of ms, s, m or min, h, d ("5m" as the contract's default writes it, which
+ * PostgreSQL's own unit parser would not take).
+ */
+static bool
+guc_parse_delay(const char *item, int *delay_ms)
+{
+	static const struct
+	{
+		const char *unit;
+		int64		ms;
+	}			units[] = {
+		{"ms", 1}, {"s", 1000}, {"m", 60000}, {"min", 60000},
+		{"h", 3600000}, {"d", 86400000}
+	};
+	char	   *end;
+	long		number;
+
+	errno = 0;
+	number = strtol(item, &end, 10);
+	if (end == item || errno != 0 || number < 0)
+		return false;
+	while (*end == ' ')
+		end++;
+	for (int i = 0; i < (int) lengthof(units); i++)
+	{
+		size_t		len = strlen(units[i].unit);
+
+		if (strncmp(end, units[i].unit, len) == 0 &&
+			(end[len] == '\0' || end[len] == ' ') &&
+			number <= INT_MAX / units[i].ms)
+		{
+			*delay_ms = (int) (number * units[i].ms);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Parse a comma-separated list of durations ("5s,5m,30m") into delays.
+ */
+static bool
+guc_check_retry_schedule(char **newval, void **extra, GucSource source)
+{
+	RetrySchedule *schedule;
+	char	   *copy;
+	char	   *item;
+	char	   *saveptr = NULL;
+
+	/* GUC "extra" data lives outside memory contexts: plain malloc */
+	schedule = malloc(sizeof(RetrySchedule));
+	if (schedule == NULL)
+		return false;
+	schedule->count = 0;
+
+	copy = pstrdup(*newval);
+	for (item = strtok_r(copy, ",", &saveptr); item != NULL;
+		 item = strtok_r(NULL, ",", &saveptr))
+	{
+		int			delay_ms;
+
+		while (*item == ' ')
+			item++;
+		if (schedule->count >= WEBHOOK_MAX_RETRIES)
+		{
+			GUC_check_errdetail("A retry schedule has at most %d entries.",
+								WEBHOOK_MAX_RETRIES);
+			goto fail;
+		}
+		if (!guc_parse_delay(item, &delay_ms))
+		{
+			GUC_check_errdetail("\"%s\" is not a duration such as \"500ms\", \"5s\", \"5m\", \"2h\" or \"1d\".",
+								item);
+			goto fail;
+		}
+		schedule->delays_ms[schedule->count++] = delay_ms;
+	}
+	pfree(copy);
+	*extra = schedule;
+	return true;
+
+fail:
+	pfree(copy);
+	free(schedule);
+	return false;
+}
+
+static void
+guc_assign_retry_schedule(const char *newval, void *extra)
+{
+	RetrySchedule *schedule = (RetrySchedule *) extra;
+
+	(void) newval;
+	webhook_retry_count = schedule->count;
+	memcpy(webhook_retry_delays_ms, schedule->delays_ms,
+		   sizeof(int) * schedule->count);
+}
+
+/*
+ * Define the webhook.* parameters; when preloaded, also ask for shared
+ * memory and register the delivery worker.
+ */
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("webhook.database",
+							   "Database the webhook delivery worker serves.",
+							   NULL, &webhook_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.concurrency",
+							"HTTP requests in flight at once.",
+							NULL, &webhook_concurrency, 64, 1, 4096,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.endpoint_concurrency",
+							"HTTP requests in flight at once to one endpoint.",
+							"Keeps one slow endpoint from taking every slot.",
+							&webhook_per_endpoint_concurrency, 16, 1, 4096,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.timeout",
+							"Whole-request timeout of a delivery.",
+							NULL, &webhook_timeout_ms, 15000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("webhook.retry_schedule",
+							   "Delays between delivery attempts.",
+							   "A comma-separated list of durations; a delivery is tried once more than it has entries.",
+							   &webhook_retry_schedule, "5s,5m,30m,2h,5h,10h,10h",
+							   PGC_SIGHUP, 0, guc_check_retry_schedule,
+							   guc_assign_retry_schedule, NULL);
+	DefineCustomIntVariable("webhook.disable_after",
+							"Continuous failure after which an endpoint is disabled.",
+							NULL, &webhook_disable_after_s, 5 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomBoolVariable("webhook.allow_private_networks",
+							 "Deliver to loopback, private and link-local addresses.",
+							 NULL, &webhook_allow_private_networks, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("webhook.allowed_networks",
+							   "Address ranges (CIDR) delivered to even though private.",
+							   NULL, &webhook_allowed_networks, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("webhook.proxy",
+							   "HTTP proxy for deliveries; empty means none, whatever the environment says.",
+							   NULL, &webhook_proxy, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("webhook.ca_file",
+							   "File of CA certificates trusted for https deliveries; empty means the system's.",
+							   NULL, &webhook_ca_file, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.max_response_body",
+							"Response bytes kept in delivery history.",
+							NULL, &webhook_max_response_body, 4096, 0, 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.max_payload_size",
+							"Largest payload webhook.emit accepts.",
+							NULL, &webhook_max_payload_size, 1024 * 1024, 1, 256 * 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.retention",
+							"How long delivered history is kept.",
+							NULL, &webhook_retention_s, 30 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.poll_interval",
+							"Longest the worker sleeps without being woken.",
+							"Covers two-phase commits, which do not wake the worker.",
+							&webhook_poll_interval_ms, 1000, 10, 60 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("webhook.retry_after_max",
+							"Longest Retry-After a receiver can impose.",
+							NULL, &webhook_retry_after_max_s, 3600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("webhook");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	webhook_shmem_request();
+	webhook_register_worker();
+}

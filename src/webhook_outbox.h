@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ *
+ * webhook_outbox.h
+ *		Declarations shared by the files of the webhook_outbox extension.
+ *
+ * The extension has a SQL-callable half (emit.c, endpoints.c, signing.c,
+ * validate.c) and a worker half (worker.c, queue.c, http.c, address.c),
+ * joined by shared memory and the commit-time wake-up in wakeup.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef WEBHOOK_OUTBOX_H
+#define WEBHOOK_OUTBOX_H
+
+#include "postgres.h"
+
+#define WEBHOOK_OUTBOX_VERSION "0.1"
+#define WEBHOOK_USER_AGENT "webhook_outbox/" WEBHOOK_OUTBOX_VERSION
+
+/* Parameters (webhook_outbox.c) */
+extern char *webhook_database;
+extern int	webhook_concurrency;
+extern int	webhook_per_endpoint_concurrency;
+extern int	webhook_timeout_ms;
+extern char *webhook_retry_schedule;
+extern int	webhook_disable_after_s;
+extern bool webhook_allow_private_networks;
+extern char *webhook_allowed_networks;
+extern char *webhook_proxy;
+extern char *webhook_ca_file;
+extern int	webhook_max_response_body;
+extern int	webhook_max_payload_size;
+extern int	webhook_retention_s;
+extern int	webhook_poll_interval_ms;
+extern int	webhook_retry_after_max_s;
+
+/* Retry schedule parsed from webhook.retry_schedule, in milliseconds. */
+#define WEBHOOK_MAX_RETRIES 64
+extern int	webhook_retry_delays_ms[WEBHOOK_MAX_RETRIES];
+extern int	webhook_retry_count;
+
+/* wakeup.c: shared state and the commit-time wake-up of the worker */
+extern void webhook_shmem_request(void);
+extern void webhook_shmem_startup(void);
+extern void webhook_note_emitted(void);
+extern void webhook_wake(void);
+extern void webhook_worker_attach(void);
+extern void webhook_worker_detach(void);
+extern bool webhook_consume_wake(void);
+
+/* worker.c */
+extern void webhook_register_worker(void);
+PGDLLEXPORT void webhook_worker_main(Datum main_arg);
+
+#endif							/* WEBHOOK_OUTBOX_H */
