@@ -34,10 +34,12 @@ REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=$(srcdir)/test/
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I $(srcdir)/test/lib
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# After the include: PGXS resets PROVE_FLAGS.
+PROVE_FLAGS = -I $(srcdir)/test/lib
 
 # -Wextra (as CI builds) also fires on PostgreSQL's own headers for these two.
 override CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""test/receiver.py: an HTTP endpoint for the tests, demo and benchmarks.
+
+Listens on 127.0.0.1 only and logs every request as one JSON line
+({"method", "path", "headers", "body", "received_at"}) as soon as its body is
+read.  The path chooses the answer, so one receiver serves many endpoints:
+
+  /status/<code>[/...]                 that status (3xx with Location: /ok)
+  /fail/<n>/<key...>                   500 for the first n requests to the path, then 200
+  /retry-after/<s>/<n>/<key...>        429 with Retry-After: <s> for the first n, then 200
+  /hang[/...]                          never answers (until the client leaves, or 600 s)
+  /slow/<ms>[/...]                     200 after <ms> milliseconds
+  /big/<bytes>[/...]                   200 with a body of <bytes> bytes
+  anything else                        200 "ok"
+
+Usage: receiver.py [--port N] [--port-file FILE] [--log FILE]
+"""
+
+import argparse
+import collections
+import http.server
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+HANG_SECONDS = 600
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive, as webhook senders use it
+    server_version = "webhook-test-receiver"
+
+    def log_message(self, format, *args):
+        pass                        # no access log on stderr
+
+    def do_POST(self):
+        self.handle_request()
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_POST
+
+    def handle_request(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        self.server.record(self, body)
+
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        try:
+            if parts[0] == "status" and len(parts) >= 2:
+                code = int(parts[1])
+                location = {"Location": "/ok"} if 300 <= code < 400 else {}
+                self.answer(code, b"status %d" % code, location)
+            elif parts[0] == "fail" and len(parts) >= 3:
+                failing = self.server.count(self.path) <= int(parts[1])
+                self.answer(500 if failing else 200, b"fail" if failing else b"ok")
+            elif parts[0] == "retry-after" and len(parts) >= 4:
+                failing = self.server.count(self.path) <= int(parts[2])
+                if failing:
+                    self.answer(429, b"slow down", {"Retry-After": parts[1]})
+                else:
+                    self.answer(200, b"ok")
+            elif parts[0] == "hang":
+                self.hang()
+            elif parts[0] == "slow" and len(parts) >= 2:
+                time.sleep(int(parts[1]) / 1000.0)
+                self.answer(200, b"ok")
+            elif parts[0] == "big" and len(parts) >= 2:
+                self.answer(200, b"x" * int(parts[1]))
+            else:
+                self.answer(200, b"ok")
+        except ValueError:
+            self.answer(400, b"malformed test path")
+
+    def answer(self, code, body, headers=None):
+        self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if code in (204, 304):      # these never carry a body
+            self.end_headers()
+            return
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def hang(self):
+        """Hold the connection, answering nothing, until the client closes it."""
+        deadline = time.monotonic() + HANG_SECONDS
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 1.0)
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        break       # the client closed the connection
+                except OSError:
+                    break
+                time.sleep(1.0)     # data, not EOF: do not spin on it
+        self.close_connection = True
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    daemon_threads = True           # hanging requests do not block exit
+
+    def __init__(self, port, log_path):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.lock = threading.Lock()
+        self.counts = collections.Counter()
+
+    def count(self, path):
+        """Count a request to this exact path; return how many so far."""
+        with self.lock:
+            self.counts[path] += 1
+            return self.counts[path]
+
+    def record(self, handler, body):
+        if self.log_file is None:
+            return
+        line = json.dumps({
+            "method": handler.command,
+            "path": handler.path,
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "body": body.decode("utf-8", errors="replace"),
+            "received_at": time.time(),
+        })
+        with self.lock:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description="HTTP receiver for webhook tests")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--port-file", help="write the bound port here")
+    parser.add_argument("--log", help="append one JSON line per request here")
+    args = parser.parse_args()
+
+    server = Receiver(args.port, args.log)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    if args.port_file:
+        # Write then rename, so a reader never sees a partial port number.
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write("%d\n" % server.server_address[1])
+        os.replace(args.port_file + ".tmp", args.port_file)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
