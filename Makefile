@@ -15,7 +15,10 @@ OBJS = \
 	src/signing.o \
 	src/endpoints.o \
 	src/emit.o \
-	src/worker.o
+	src/worker.o \
+	src/queue.o \
+	src/http.o \
+	src/address.o
 
 DATA = $(wildcard sql/webhook_outbox--*.sql)
 PGFILEDESC = "webhook_outbox - transactional webhook outbox"

@@ -107,9 +107,11 @@ CREATE TABLE webhook.delivery_log (
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (event_id, endpoint_id)
 );
-CREATE INDEX delivery_log_due_idx ON webhook.delivery_log (next_attempt_at)
+-- The worker takes due deliveries endpoint by endpoint (so that one
+-- endpoint's backlog never hides another's): pending rows by endpoint.
+CREATE INDEX delivery_log_pending_idx ON webhook.delivery_log (endpoint_id, next_attempt_at)
     WHERE status = 'pending';
-CREATE INDEX delivery_log_endpoint_idx ON webhook.delivery_log (endpoint_id, created_at);
+CREATE INDEX delivery_log_created_at_idx ON webhook.delivery_log (created_at);
 
 CREATE TABLE webhook.attempt_log (
     event_id      uuid NOT NULL,
@@ -202,7 +204,8 @@ $$;
 CREATE FUNCTION webhook.filter_matches(event_types text[], event_type text)
     RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
+-- No SET clause: it would stop the planner inlining this into dispatch. The
+-- body is parsed at creation, so the caller's search_path cannot change it.
 RETURN event_types IS NULL
     OR cardinality(event_types) = 0
     OR event_type = ANY (event_types)
@@ -463,8 +466,13 @@ AS $$
 DECLARE
     v_secret text := webhook.generate_secret();
 BEGIN
-    IF grace IS NULL OR grace < interval '0' THEN
-        RAISE EXCEPTION 'grace period must be a non-negative interval'
+    IF grace IS NULL THEN
+        RAISE EXCEPTION 'grace period must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass interval ''0'' to stop signing with the old secret at once.';
+    END IF;
+    IF grace < interval '0' THEN
+        RAISE EXCEPTION 'grace period must not be negative'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE webhook.endpoints e
@@ -579,6 +587,207 @@ $$;
 
 CREATE FUNCTION webhook.wake_worker() RETURNS void
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'webhook_wake_worker';
+
+-- ---------------------------------------------------------------------------
+-- The worker's queue operations (called by the delivery worker only)
+-- ---------------------------------------------------------------------------
+
+-- Turns events committed since the previous pass into pending deliveries,
+-- one per subscribed, enabled endpoint, and advances the cursor.
+--
+-- Visibility, not id order: the cursor is the snapshot the previous pass ran
+-- with. An event is new if its transaction was still running in that
+-- snapshot (its xid is in xip) or started after it (xid >= xmax) -- and, as
+-- this statement only sees committed rows, has committed since. Everything
+-- older was already visible, hence already dispatched. A transaction that
+-- commits late with a low xid is thus never skipped. One statement, one
+-- snapshot: the new cursor is exactly the snapshot the rows were read with.
+CREATE FUNCTION webhook.dispatch_new_events() RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH previous AS (
+        SELECT c.snapshot FROM webhook.dispatch_cursor c
+    ), fresh AS (
+        SELECT e.id, e.event_type
+          FROM webhook.event_log e, previous p
+         WHERE e.txid >= pg_snapshot_xmax(p.snapshot)
+            OR e.txid IN (SELECT pg_snapshot_xip(p.snapshot))
+    ), queued AS (
+        INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at)
+        SELECT f.id, ep.id, f.event_type, now()
+          FROM fresh f
+          JOIN webhook.endpoints ep
+            ON ep.enabled AND webhook.filter_matches(ep.event_types, f.event_type)
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    ), advanced AS (
+        UPDATE webhook.dispatch_cursor c
+           SET snapshot = pg_current_snapshot()
+         WHERE c.snapshot::text <> pg_current_snapshot()::text
+    )
+    SELECT count(*) FROM queued;
+END;
+
+-- Due deliveries with everything needed to send them, at most per_endpoint
+-- in flight to any one endpoint (busy_* lists those in flight now), oldest
+-- first. Taken endpoint by endpoint so that one endpoint's backlog cannot
+-- hide another's due work.
+CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[],
+                                       per_endpoint integer, max_rows integer)
+RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean,
+               event_type text, payload text, created_at text, url text,
+               secret text, previous_secret text, headers jsonb)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH busy AS (
+        SELECT b.event_id, b.endpoint_id
+          FROM unnest(busy_events, busy_endpoints) AS b(event_id, endpoint_id)
+    ), load AS (
+        SELECT b.endpoint_id, count(*) AS n FROM busy b GROUP BY b.endpoint_id
+    )
+    SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
+           e.event_type, e.payload::text,
+           to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           ep.url, ep.secret,
+           CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END,
+           ep.headers
+      FROM webhook.endpoints ep
+      LEFT JOIN load l ON l.endpoint_id = ep.id
+     CROSS JOIN LATERAL (
+            SELECT d.* FROM webhook.delivery_log d
+             WHERE d.endpoint_id = ep.id
+               AND d.status = 'pending'
+               AND d.next_attempt_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM busy b
+                                WHERE b.event_id = d.event_id
+                                  AND b.endpoint_id = d.endpoint_id)
+             ORDER BY d.next_attempt_at
+             LIMIT greatest(per_endpoint - coalesce(l.n, 0), 0)) d
+      JOIN webhook.event_log e ON e.id = d.event_id
+     WHERE ep.enabled
+     ORDER BY d.next_attempt_at
+     LIMIT max_rows;
+END;
+
+-- Records a batch of attempts: history rows, delivery state, endpoint
+-- health (410 and webhook.disable_after disable an endpoint and park its
+-- pending deliveries). outcome is 'succeeded', 'retry', 'failed' or 'gone'.
+CREATE FUNCTION webhook.record_attempts(
+    event_ids uuid[], endpoint_ids uuid[], attempt_numbers integer[],
+    started timestamptz[], durations double precision[], status_codes integer[],
+    errors text[], bodies text[], manuals boolean[], outcomes text[],
+    next_attempts timestamptz[], disable_after interval)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    WITH outcome_batch AS (
+        SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
+                             status_codes, errors, bodies, manuals, outcomes, next_attempts)
+            AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+                 error, response_body, manual, outcome, next_attempt_at)
+    )
+    INSERT INTO webhook.attempt_log (event_id, endpoint_id, attempt, started_at,
+                                     duration_ms, status_code, error, response_body, manual)
+    SELECT o.event_id, o.endpoint_id, o.attempt, o.started_at, o.duration_ms,
+           o.status_code, o.error, o.response_body, o.manual
+      FROM outcome_batch o;
+
+    WITH outcome_batch AS (
+        SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
+                             status_codes, errors, bodies, manuals, outcomes, next_attempts)
+            AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+                 error, response_body, manual, outcome, next_attempt_at)
+    )
+    UPDATE webhook.delivery_log d
+       SET status = CASE o.outcome WHEN 'succeeded' THEN 'succeeded'
+                                   WHEN 'retry' THEN 'pending'
+                                   ELSE 'failed' END,
+           attempts = greatest(d.attempts, o.attempt),
+           last_status_code = o.status_code,
+           last_error = o.error,
+           next_attempt_at = CASE WHEN o.outcome = 'retry' THEN o.next_attempt_at END,
+           next_attempt_manual = false,
+           succeeded_at = CASE WHEN o.outcome = 'succeeded' THEN o.started_at
+                               ELSE d.succeeded_at END
+      FROM outcome_batch o
+     WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
+       AND d.status = 'pending';
+
+    -- Endpoint health: a success clears the failure clock; a failure starts
+    -- it; 410 or a clock older than disable_after disables the endpoint.
+    WITH outcome_batch AS (
+        SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
+                             status_codes, errors, bodies, manuals, outcomes, next_attempts)
+            AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
+                 error, response_body, manual, outcome, next_attempt_at)
+    ), per_endpoint AS (
+        SELECT o.endpoint_id,
+               bool_or(o.outcome = 'succeeded') AS succeeded,
+               bool_or(o.outcome = 'gone') AS gone,
+               min(o.started_at) AS first_failure
+          FROM outcome_batch o GROUP BY o.endpoint_id
+    ), judged AS (
+        SELECT p.*, ep.failing_since AS was_failing_since,
+               CASE WHEN p.succeeded THEN NULL
+                    ELSE coalesce(ep.failing_since, p.first_failure) END AS failing_since,
+               ep.enabled AND (p.gone OR (NOT p.succeeded AND
+                   coalesce(ep.failing_since, p.first_failure) < now() - disable_after)) AS disable
+          FROM per_endpoint p JOIN webhook.endpoints ep ON ep.id = p.endpoint_id
+    ), changed AS (
+        UPDATE webhook.endpoints ep
+           SET failing_since = j.failing_since,
+               enabled = ep.enabled AND NOT j.disable,
+               disabled_at = CASE WHEN j.disable THEN now() ELSE ep.disabled_at END,
+               disabled_reason = CASE
+                   WHEN j.disable AND j.gone THEN 'receiver answered 410 Gone'
+                   WHEN j.disable THEN 'failing continuously since ' ||
+                        to_char(j.failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
+                   ELSE ep.disabled_reason END,
+               updated_at = CASE WHEN j.disable THEN now() ELSE ep.updated_at END
+          FROM judged j
+         WHERE ep.id = j.endpoint_id
+           AND (j.disable OR j.failing_since IS DISTINCT FROM j.was_failing_since)
+        RETURNING ep.id, j.disable
+    )
+    UPDATE webhook.delivery_log d
+       SET next_attempt_at = 'infinity'
+      FROM changed c
+     WHERE c.disable AND d.endpoint_id = c.id AND d.status = 'pending';
+END
+$$;
+
+-- Removes history older than retention, at most batch events at a time
+-- (with their deliveries and attempts) so no lock is held for long. Events
+-- with a pending delivery are kept whatever their age.
+CREATE FUNCTION webhook.remove_old_history(retention interval, batch integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_removed bigint;
+BEGIN
+    WITH old AS (
+        SELECT e.id FROM webhook.event_log e
+         WHERE e.created_at < now() - retention
+           AND NOT EXISTS (SELECT 1 FROM webhook.delivery_log d
+                            WHERE d.event_id = e.id AND d.status = 'pending')
+         ORDER BY e.created_at
+         LIMIT batch
+    ), attempts AS (
+        DELETE FROM webhook.attempt_log a USING old WHERE a.event_id = old.id
+    ), deliveries AS (
+        DELETE FROM webhook.delivery_log d USING old WHERE d.event_id = old.id
+    )
+    DELETE FROM webhook.event_log e USING old WHERE e.id = old.id;
+    GET DIAGNOSTICS v_removed = ROW_COUNT;
+    RETURN v_removed;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC. The owner grants what a deployment needs

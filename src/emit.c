@@ -25,7 +25,6 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
-#include "validate.h"
 
 #define EMIT_UNIX_EPOCH_OFFSET_US \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY)
@@ -92,18 +91,12 @@ static Datum
 emit_record(text *event_type, Jsonb *payload)
 {
 	char	   *type_name = text_to_cstring(event_type);
-	const char *problem;
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	TimestampTz now = GetCurrentTimestamp();
 	Datum		values[4];
 	int			rc;
 
-	problem = validate_event_type_name(type_name, strlen(type_name));
-	if (problem != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type name \"%s\"", type_name),
-				 errdetail("%s", problem)));
+	webhook_require_event_type_name(type_name);
 	if (VARSIZE(payload) - VARHDRSZ > (Size) webhook_max_payload_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

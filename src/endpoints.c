@@ -13,6 +13,7 @@
 #include "webhook_outbox.h"
 
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -25,8 +26,42 @@
 #define ENDPOINTS_DISPLAY_MAX 120
 
 /*
- * The URL as shown in an error: credentials in it replaced by "***", long
- * ones cut short.
+ * A user-supplied value as shown in an error message: control characters
+ * escaped, so that a CR or LF cannot forge a line of the server log, and a
+ * long value cut short (between characters, never inside one).
+ */
+char *
+webhook_value_for_display(const char *value)
+{
+	StringInfoData shown;
+
+	initStringInfo(&shown);
+	for (const char *p = value; *p != '\0'; p += pg_mblen(p))
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (shown.len >= ENDPOINTS_DISPLAY_MAX - 3)
+		{
+			appendStringInfoString(&shown, "...");
+			break;
+		}
+		if (c == '\r')
+			appendStringInfoString(&shown, "\\r");
+		else if (c == '\n')
+			appendStringInfoString(&shown, "\\n");
+		else if (c == '\t')
+			appendStringInfoString(&shown, "\\t");
+		else if (c < 0x20 || c == 0x7f)
+			appendStringInfo(&shown, "\\x%02x", c);
+		else
+			appendBinaryStringInfo(&shown, p, pg_mblen(p));
+	}
+	return shown.data;
+}
+
+/*
+ * The URL as shown in an error: credentials in it replaced by "***", the
+ * rest as webhook_value_for_display shows it.
  */
 static char *
 endpoints_url_for_display(const char *url)
@@ -34,7 +69,6 @@ endpoints_url_for_display(const char *url)
 	const char *authority = strstr(url, "://");
 	const char *at;
 	const char *end;
-	char	   *shown;
 
 	if (authority != NULL)
 	{
@@ -44,10 +78,24 @@ endpoints_url_for_display(const char *url)
 		if (at != NULL)
 			url = psprintf("%.*s***%s", (int) (authority - url), url, at);
 	}
-	shown = pstrdup(url);
-	if (strlen(shown) > ENDPOINTS_DISPLAY_MAX)
-		strcpy(shown + ENDPOINTS_DISPLAY_MAX - 3, "...");
-	return shown;
+	return webhook_value_for_display(url);
+}
+
+/*
+ * Raise 22023 unless name is a valid event type name: dot-separated
+ * lowercase words. Serves webhook.check_event_type_name and webhook.emit.
+ */
+void
+webhook_require_event_type_name(const char *name)
+{
+	const char *problem = validate_event_type_name(name, strlen(name));
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type name \"%s\"",
+						webhook_value_for_display(name)),
+				 errdetail("%s", problem)));
 }
 
 /*
@@ -96,7 +144,8 @@ webhook_check_headers(PG_FUNCTION_ARGS)
 
 		if (token == WJB_KEY)
 		{
-			name = pnstrdup(v.val.string.val, v.val.string.len);
+			name = webhook_value_for_display(pnstrdup(v.val.string.val,
+													  v.val.string.len));
 			problem = validate_header_name(v.val.string.val, v.val.string.len);
 			if (problem != NULL)
 				ereport(ERROR,
@@ -149,15 +198,7 @@ PG_FUNCTION_INFO_V1(webhook_check_event_type_name);
 Datum
 webhook_check_event_type_name(PG_FUNCTION_ARGS)
 {
-	text	   *name = PG_GETARG_TEXT_PP(0);
-	const char *problem = validate_event_type_name(VARDATA_ANY(name),
-												   VARSIZE_ANY_EXHDR(name));
-
-	if (problem != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type name \"%s\"", text_to_cstring(name)),
-				 errdetail("%s", problem)));
+	webhook_require_event_type_name(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 

@@ -52,9 +52,11 @@ const char *
 validate_url(const char *url, size_t len)
 {
 	CURLU	   *parsed;
+	CURLUcode	rc;
 	char	   *scheme = NULL;
 	char	   *host = NULL;
 	const char *problem = NULL;
+	size_t		authority;
 
 	if (len == 0)
 		return "The URL is empty.";
@@ -65,15 +67,24 @@ validate_url(const char *url, size_t len)
 	for (size_t i = 0; i < len; i++)
 		if (url[i] == ' ')
 			return "The URL contains a space.";
-	if (!((len > 7 && strncasecmp(url, "http://", 7) == 0) ||
-		  (len > 8 && strncasecmp(url, "https://", 8) == 0)))
+	if (len >= 7 && strncasecmp(url, "http://", 7) == 0)
+		authority = 7;
+	else if (len >= 8 && strncasecmp(url, "https://", 8) == 0)
+		authority = 8;
+	else
 		return "Only absolute http:// and https:// URLs are accepted.";
+	/* curl would read "https:///x" as the URL of host "x" */
+	if (authority == len || strchr("/?#", url[authority]) != NULL)
+		return "The URL has no host.";
 
 	parsed = curl_url();
 	if (parsed == NULL)
 		return "Out of memory while parsing the URL.";
 	/* url is NUL-terminated by the caller at len */
-	if (curl_url_set(parsed, CURLUPART_URL, url, 0) != CURLUE_OK)
+	rc = curl_url_set(parsed, CURLUPART_URL, url, 0);
+	if (rc == CURLUE_NO_HOST)
+		problem = "The URL has no host.";
+	else if (rc != CURLUE_OK)
 		problem = "The URL cannot be parsed.";
 	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))

@@ -48,6 +48,10 @@ extern void webhook_worker_attach(void);
 extern void webhook_worker_detach(void);
 extern bool webhook_consume_wake(void);
 
+/* endpoints.c: errors about user-supplied values */
+extern char *webhook_value_for_display(const char *value);
+extern void webhook_require_event_type_name(const char *name);
+
 /* worker.c */
 extern void webhook_register_worker(void);
 PGDLLEXPORT void webhook_worker_main(Datum main_arg);

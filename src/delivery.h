@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery.h
+ *		One HTTP attempt of one (event, endpoint) pair, as the worker holds
+ *		it from the moment queue.c fetches it until its outcome is recorded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef WEBHOOK_DELIVERY_H
+#define WEBHOOK_DELIVERY_H
+
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include <curl/curl.h>
+
+typedef enum DeliveryOutcome
+{
+	OUTCOME_SUCCEEDED,			/* 2xx */
+	OUTCOME_RETRY,				/* try again at next_attempt_at */
+	OUTCOME_FAILED,				/* retry schedule exhausted */
+	OUTCOME_GONE				/* 410: disable the endpoint */
+} DeliveryOutcome;
+
+typedef struct Delivery
+{
+	/* what to send (filled by queue.c) */
+	pg_uuid_t	event_id;
+	pg_uuid_t	endpoint_id;
+	int			attempt;		/* number of this attempt, from 1 */
+	bool		manual;			/* asked for by retry_delivery or replay */
+	char	   *url;
+	char	   *body;
+	size_t		body_len;
+	char	   *event_type;
+	struct curl_slist *headers; /* endpoint's own headers; http.c adds ours */
+	char	   *secret;
+	char	   *previous_secret;	/* NULL unless within a rotation's grace */
+	char	   *event_id_text;
+
+	/* the transfer (http.c) */
+	CURL	   *easy;
+	TimestampTz started_at;
+	StringInfoData response;	/* first webhook.max_response_body bytes */
+	size_t		response_seen;	/* bytes received in all */
+	bool		response_cut;	/* we stopped reading an endless body */
+	char		blocked_reason[128];	/* set when address.c refused the peer */
+	char		curl_error[CURL_ERROR_SIZE];
+
+	/* what happened (http.c, then worker.c decides the outcome) */
+	CURLcode	result;
+	long		status_code;	/* 0 when no response */
+	double		duration_ms;
+	long		retry_after_s;	/* -1 when none given */
+	char	   *error;			/* NULL when a response says it all */
+	DeliveryOutcome outcome;
+	TimestampTz next_attempt_at;
+
+	struct Delivery *next;		/* in the worker's completed list */
+} Delivery;
+
+/* queue.c: the worker's SQL, each call inside a transaction */
+extern bool queue_extension_ready(void);
+extern int	queue_dispatch(void);
+extern Delivery **queue_fetch(int limit, Delivery **in_flight, int in_flight_count,
+							  int *fetched, MemoryContext context);
+extern void queue_record(Delivery **done, int count);
+extern int64 queue_remove_old_history(int batch);
+extern void queue_free_delivery(Delivery *delivery);
+
+/* http.c: the libcurl multi pipeline */
+extern void http_init(void);
+extern void http_shutdown(void);
+extern void http_apply_settings(void);
+extern void http_start(Delivery *delivery);
+extern int	http_in_flight(void);
+extern bool http_wait(long timeout_ms, uint32 wait_event_info);
+extern Delivery *http_next_completed(void);
+
+/* address.c: which peers a delivery may connect to */
+extern bool address_allowed(const struct sockaddr *address, char *why, size_t why_size);
+
+#endif							/* WEBHOOK_DELIVERY_H */

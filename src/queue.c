@@ -1,0 +1,312 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *		The worker's side of the queue: dispatch new events, fetch due
+ *		deliveries, record outcomes, remove old history.
+ *
+ * The SQL itself lives in the install script (webhook.dispatch_new_events,
+ * webhook.due_deliveries, webhook.record_attempts,
+ * webhook.remove_old_history), where it can be read and tested; this file
+ * moves values between those functions and Delivery structs. Every call
+ * runs inside a short transaction that worker.c opens and commits; no
+ * transaction is ever open during an HTTP request.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "webhook_outbox.h"
+
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "delivery.h"
+
+/*
+ * Run one statement of the worker through SPI; raise if it fails.
+ */
+static void
+queue_execute(const char *sql, int nargs, Oid *types, Datum *values,
+			  const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "webhook_outbox worker query failed (%s): %s",
+			 SPI_result_code_string(rc), sql);
+}
+
+/*
+ * Whether the extension is installed in the worker's database.
+ */
+bool
+queue_extension_ready(void)
+{
+	return OidIsValid(get_extension_oid("webhook_outbox", true));
+}
+
+/*
+ * Turn newly committed events into pending deliveries; returns how many.
+ */
+int
+queue_dispatch(void)
+{
+	bool		isnull;
+	int64		count;
+
+	SPI_connect();
+	queue_execute("SELECT webhook.dispatch_new_events()", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return (int) count;
+}
+
+/*
+ * An array of uuids as a Datum.
+ */
+static Datum
+queue_uuid_array(pg_uuid_t *ids, int count)
+{
+	Datum	   *elements = palloc(sizeof(Datum) * Max(count, 1));
+
+	for (int i = 0; i < count; i++)
+		elements[i] = UUIDPGetDatum(&ids[i]);
+	return PointerGetDatum(construct_array(elements, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
+/*
+ * Build the endpoint's own headers as "Name: value" lines.
+ */
+static struct curl_slist *
+queue_custom_headers(Jsonb *headers)
+{
+	struct curl_slist *list = NULL;
+	JsonbIterator *it = JsonbIteratorInit(&headers->root);
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	char	   *name = NULL;
+
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+			name = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (token == WJB_VALUE && v.type == jbvString && name != NULL)
+		{
+			char	   *line = psprintf("%s: %.*s", name, v.val.string.len, v.val.string.val);
+
+			list = curl_slist_append(list, line);
+			pfree(line);
+		}
+	}
+	return list;
+}
+
+/*
+ * A text column of the current SPI row, copied into context (NULL stays NULL).
+ */
+static char *
+queue_text(HeapTuple row, TupleDesc desc, int column, MemoryContext context)
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(row, desc, column, &isnull);
+
+	if (isnull)
+		return NULL;
+	return MemoryContextStrdup(context, TextDatumGetCString(value));
+}
+
+/*
+ * Fetch up to limit due deliveries that are not in flight already, each
+ * ready to send; allocated in context.
+ */
+Delivery **
+queue_fetch(int limit, Delivery **in_flight, int in_flight_count, int *fetched,
+			MemoryContext context)
+{
+	Oid			types[4] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID};
+	Datum		values[4];
+	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(in_flight_count, 1));
+	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(in_flight_count, 1));
+	Delivery  **result;
+
+	for (int i = 0; i < in_flight_count; i++)
+	{
+		busy_events[i] = in_flight[i]->event_id;
+		busy_endpoints[i] = in_flight[i]->endpoint_id;
+	}
+	values[0] = queue_uuid_array(busy_events, in_flight_count);
+	values[1] = queue_uuid_array(busy_endpoints, in_flight_count);
+	values[2] = Int32GetDatum(webhook_per_endpoint_concurrency);
+	values[3] = Int32GetDatum(limit);
+
+	SPI_connect();
+	queue_execute("SELECT * FROM webhook.due_deliveries($1, $2, $3, $4)",
+				  4, types, values, NULL, SPI_OK_SELECT);
+
+	*fetched = (int) SPI_processed;
+	result = MemoryContextAlloc(context, sizeof(Delivery *) * Max(*fetched, 1));
+	for (int i = 0; i < *fetched; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Delivery   *d = MemoryContextAllocZero(context, sizeof(Delivery));
+		bool		isnull;
+		char	   *payload;
+		char	   *created_at;
+		Datum		headers;
+		StringInfoData body;
+		MemoryContext old;
+
+		d->event_id = *DatumGetUUIDP(SPI_getbinval(row, desc, 1, &isnull));
+		d->endpoint_id = *DatumGetUUIDP(SPI_getbinval(row, desc, 2, &isnull));
+		d->attempt = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull)) + 1;
+		d->manual = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
+		d->event_type = queue_text(row, desc, 5, context);
+		payload = queue_text(row, desc, 6, CurrentMemoryContext);
+		created_at = queue_text(row, desc, 7, CurrentMemoryContext);
+		d->url = queue_text(row, desc, 8, context);
+		d->secret = queue_text(row, desc, 9, context);
+		d->previous_secret = queue_text(row, desc, 10, context);
+		d->event_id_text = MemoryContextStrdup(context,
+											   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&d->event_id))));
+		headers = SPI_getbinval(row, desc, 11, &isnull);
+		if (!isnull)
+			d->headers = queue_custom_headers(DatumGetJsonbP(headers));
+
+		/* The body is the same on every attempt: the signature covers it. */
+		old = MemoryContextSwitchTo(context);
+		initStringInfo(&body);
+		appendStringInfo(&body, "{\"id\":\"%s\",\"type\":\"%s\",\"timestamp\":\"%s\",\"data\":%s}",
+						 d->event_id_text, d->event_type, created_at, payload);
+		MemoryContextSwitchTo(old);
+		d->body = body.data;
+		d->body_len = body.len;
+		result[i] = d;
+	}
+	SPI_finish();
+	return result;
+}
+
+/*
+ * Release a delivery once its outcome is recorded.
+ */
+void
+queue_free_delivery(Delivery *d)
+{
+	if (d->headers)
+		curl_slist_free_all(d->headers);
+	if (d->secret)
+		explicit_bzero(d->secret, strlen(d->secret));
+	if (d->previous_secret)
+		explicit_bzero(d->previous_secret, strlen(d->previous_secret));
+	pfree(d->event_type);
+	pfree(d->url);
+	pfree(d->body);
+	pfree(d->event_id_text);
+	if (d->secret)
+		pfree(d->secret);
+	if (d->previous_secret)
+		pfree(d->previous_secret);
+	if (d->response.data)
+		pfree(d->response.data);
+	if (d->error)
+		pfree(d->error);
+	pfree(d);
+}
+
+/*
+ * Build a one-dimensional array Datum of count elements of type.
+ */
+static Datum
+queue_array(Datum *elements, bool *nulls, int count, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elements, nulls, 1, dims, lbs,
+											  type, typlen, typbyval, typalign));
+}
+
+/*
+ * Record the outcome of each finished attempt in one statement batch.
+ */
+void
+queue_record(Delivery **done, int count)
+{
+	static const char *const outcome_names[] = {"succeeded", "retry", "failed", "gone"};
+	Oid			types[12] = {UUIDARRAYOID, UUIDARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+		FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INTERVALOID};
+	Oid			element_types[11] = {UUIDOID, UUIDOID, INT4OID, TIMESTAMPTZOID,
+		FLOAT8OID, INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TIMESTAMPTZOID};
+	Datum	   *columns[11];
+	bool	   *column_nulls[11];
+	Datum		values[12];
+	Interval   *disable_after = palloc0(sizeof(Interval));
+
+	for (int c = 0; c < 11; c++)
+	{
+		columns[c] = palloc(sizeof(Datum) * count);
+		column_nulls[c] = palloc0(sizeof(bool) * count);
+	}
+	for (int i = 0; i < count; i++)
+	{
+		Delivery   *d = done[i];
+
+		columns[0][i] = UUIDPGetDatum(&d->event_id);
+		columns[1][i] = UUIDPGetDatum(&d->endpoint_id);
+		columns[2][i] = Int32GetDatum(d->attempt);
+		columns[3][i] = TimestampTzGetDatum(d->started_at);
+		columns[4][i] = Float8GetDatum(d->duration_ms);
+		columns[5][i] = Int32GetDatum((int32) d->status_code);
+		column_nulls[5][i] = (d->status_code == 0);
+		if (d->error)
+			columns[6][i] = CStringGetTextDatum(d->error);
+		column_nulls[6][i] = (d->error == NULL);
+		columns[7][i] = PointerGetDatum(cstring_to_text_with_len(d->response.data, d->response.len));
+		column_nulls[7][i] = (d->status_code == 0 && d->response.len == 0);
+		columns[8][i] = BoolGetDatum(d->manual);
+		columns[9][i] = CStringGetTextDatum(outcome_names[d->outcome]);
+		columns[10][i] = TimestampTzGetDatum(d->next_attempt_at);
+		column_nulls[10][i] = (d->outcome != OUTCOME_RETRY);
+	}
+	for (int c = 0; c < 11; c++)
+		values[c] = queue_array(columns[c], column_nulls[c], count, element_types[c]);
+	disable_after->time = (int64) webhook_disable_after_s * USECS_PER_SEC;
+	values[11] = IntervalPGetDatum(disable_after);
+
+	SPI_connect();
+	queue_execute("SELECT webhook.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+				  12, types, values, NULL, SPI_OK_SELECT);
+	SPI_finish();
+}
+
+/*
+ * Remove up to batch events of history older than webhook.retention.
+ */
+int64
+queue_remove_old_history(int batch)
+{
+	Oid			types[2] = {INTERVALOID, INT4OID};
+	Datum		values[2];
+	Interval   *retention = palloc0(sizeof(Interval));
+	bool		isnull;
+	int64		removed;
+
+	retention->time = (int64) webhook_retention_s * USECS_PER_SEC;
+	values[0] = IntervalPGetDatum(retention);
+	values[1] = Int32GetDatum(batch);
+	SPI_connect();
+	queue_execute("SELECT webhook.remove_old_history($1, $2)", 2, types, values, NULL, SPI_OK_SELECT);
+	removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return removed;
+}
