@@ -467,7 +467,6 @@ webhook_worker_main(Datum main_arg)
 	TimestampTz last_poll = 0;
 	TimestampTz last_retention = 0;
 	bool		ready = false;
-	bool		retry_dispatch = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -521,7 +520,7 @@ webhook_worker_main(Datum main_arg)
 		memset(&pass, 0, sizeof(pass));
 		pass.check_ready = !ready || poll_due;
 		pass.ready = ready;
-		pass.dispatch = woken || poll_due || retry_dispatch;
+		pass.dispatch = woken || poll_due;
 		pass.free_slots = webhook_concurrency - worker_in_flight_count;
 
 		/*
@@ -531,13 +530,15 @@ webhook_worker_main(Datum main_arg)
 		if (worker_done_count > 0 || pass.dispatch)
 		{
 			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
-			{
-				retry_dispatch = false;
 				worker_forget_done();
-			}
 			else
 			{
-				retry_dispatch = true;
+				/*
+				 * Try again at the next poll, not at once (no loop of
+				 * warnings), checking first that the extension still exists.
+				 */
+				pass.ready = false;
+				last_poll = now;
 				pass.fetched_count = 0;
 				if (worker_done_count > 0)
 				{
