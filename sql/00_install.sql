@@ -103,6 +103,19 @@ SELECT count(*) AS public_acl_entries
           FROM pg_namespace n WHERE n.nspname = 'webhook') AS acl
  WHERE acl.grantee = 0;
 
+-- DROP EXTENSION removes every object it made (the schema, which CREATE
+-- EXTENSION created for it, stays, empty). It can then be created again,
+-- and a session that emitted before keeps working.
+SELECT webhook.emit('account.created', '{"id": 1}') IS NOT NULL AS emitted;
+DROP EXTENSION webhook_outbox;
+SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'webhook'::regnamespace)
+     + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhook'::regnamespace)
+     + (SELECT count(*) FROM pg_type WHERE typnamespace = 'webhook'::regnamespace)
+       AS objects_left;
+CREATE EXTENSION webhook_outbox;
+SELECT webhook.emit('account.created', '{"id": 2}') IS NOT NULL AS emitted_again;
+SELECT event_type, payload FROM webhook.events;
+
 --
 -- A helper for the rest of the suite: runs a statement and reports how it
 -- ended, as a row: code 00000 when it succeeded, else the SQLSTATE,

@@ -63,6 +63,14 @@ SELECT bool_or(w::text LIKE '%' || :'all_secret' || '%') AS shows_a_secret
 -- The stored headers keep their real values: the worker sends them.
 SELECT headers FROM webhook.endpoints WHERE id = :'ledger_id';
 
+-- Headers read back masked and passed to update_webhook keep their stored
+-- value; the others change as given.
+SELECT headers FROM webhook.update_webhook(:'ledger_id',
+    headers => (SELECT headers || '{"X-Tenant": "acme-2"}' FROM webhook.get_webhook(:'ledger_id')));
+SELECT headers FROM webhook.endpoints WHERE id = :'ledger_id';
+SELECT headers FROM webhook.update_webhook(:'ledger_id',
+    headers => '{"Authorization": "Bearer tok-123", "X-Tenant": "acme"}');
+
 --
 -- get_webhook: one endpoint, same columns; an unknown id is an error.
 --

@@ -69,7 +69,6 @@ SELECT label, o.code, o.message
                ('257 characters',   repeat('s', 257)),
                ('16 characters',    repeat('s', 16)),
                ('256 characters',   repeat('s', 256)),
-               ('16 multibyte characters', repeat('é', 16)),
                ('NULL: generated',  NULL)
        ) AS t(label, secret),
        outcome(format('SELECT webhook.create_webhook(%L, secret => %L)',
@@ -101,7 +100,6 @@ SELECT label, o.code, o.message, o.detail
                ('empty name',       '{"": "x"}'),
                ('space in name',    '{"X Tenant": "acme"}'),
                ('colon in name',    '{"X-Tenant:": "acme"}'),
-               ('non-ASCII name',   '{"X-Ténant": "acme"}'),
                ('CRLF in name',     '{"X-Tenant\r\nX-Evil": "1"}'),
                ('CR in value',      '{"X-Tenant": "acme\r"}'),
                ('LF in value',      '{"X-Tenant": "acme\nX-Evil: 1"}'),
@@ -111,6 +109,12 @@ SELECT label, o.code, o.message, o.detail
        ) AS t(label, headers),
        outcome(format('SELECT webhook.create_webhook(%L, headers => %L)',
                       'https://example.com/hooks', headers)) AS o;
+
+-- Only ASCII in names. (The message, which quotes the name, is not shown:
+-- psql would align it differently in another database encoding.)
+SELECT code, detail
+  FROM outcome('SELECT webhook.create_webhook(''https://example.com/hooks'',
+                                              headers => ''{"X-Ténant": "acme"}'')');
 
 -- The headers the extension sends itself, and hop-by-hop headers, cannot be
 -- set, whatever their case.

@@ -180,8 +180,12 @@ BEGIN
         RETURN NULL;
     END IF;
     FOREACH entry IN ARRAY event_types LOOP
-        IF entry IS NULL OR entry = '' THEN
-            RAISE EXCEPTION 'event type filter entries must not be null or empty'
+        IF entry IS NULL THEN
+            RAISE EXCEPTION 'event type filter entries must not be null'
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        IF entry = '' THEN
+            RAISE EXCEPTION 'event type filter entries must not be empty'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF entry ~ '^[a-z0-9_]+(\.[a-z0-9_]+)*\.\*$' THEN
@@ -192,7 +196,7 @@ BEGIN
             RAISE EXCEPTION 'event type "%" is not in the catalog', entry
                 USING ERRCODE = 'undefined_object',
                       DETAIL = 'Known event types: ' ||
-                          (SELECT string_agg(t.name, ', ' ORDER BY t.name) FROM webhook.event_types t) || '.',
+                          (SELECT string_agg(t.name, ', ' ORDER BY t.name COLLATE "C") FROM webhook.event_types t) || '.',
                       HINT = 'Register it with webhook.register_event_type(), or use a pattern such as ''journal_entry.*''.';
         END IF;
     END LOOP;
@@ -322,9 +326,12 @@ BEGIN
 END
 $$;
 
+-- list_webhooks and get_webhook run with the owner's rights, so that
+-- EXECUTE on them is the one grant a role needs to see endpoints (never
+-- their secrets).
 CREATE FUNCTION webhook.list_webhooks()
 RETURNS SETOF webhook.endpoint_info
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT e.id, e.url, e.event_types, e.description,
@@ -350,7 +357,7 @@ $$;
 
 CREATE FUNCTION webhook.get_webhook(id uuid)
 RETURNS SETOF webhook.endpoint_info
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
@@ -407,6 +414,14 @@ BEGIN
     END IF;
     IF v_headers IS NOT NULL THEN
         PERFORM webhook.check_headers(v_headers);
+        -- A masked value read back from get_webhook keeps the stored value.
+        SELECT jsonb_object_agg(h.key,
+                   CASE WHEN h.value = to_jsonb('********'::text) AND e.headers ? h.key
+                        THEN e.headers -> h.key ELSE h.value END)
+          INTO v_headers
+          FROM jsonb_each(v_headers) AS h, webhook.endpoints e
+         WHERE e.id = v_id;
+        v_headers := coalesce(v_headers, '{}'::jsonb);
     END IF;
 
     UPDATE webhook.endpoints e SET
@@ -795,4 +810,5 @@ $$;
 -- ---------------------------------------------------------------------------
 
 REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
+REVOKE ALL ON TYPE webhook.endpoint_info, webhook.endpoint_with_secret FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webhook FROM PUBLIC;

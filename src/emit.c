@@ -69,7 +69,7 @@ emit_unknown_event_type(const char *event_type)
 	char	   *known = NULL;
 	bool		isnull;
 
-	if (SPI_execute("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) FROM webhook.event_types",
+	if (SPI_execute("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name COLLATE \"C\") FROM webhook.event_types",
 					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -20,7 +20,7 @@ use MIME::Base64 qw(encode_base64 decode_base64);
 use PostgreSQL::Test::Cluster;
 
 our @EXPORT = qw(new_node start_receiver standard_signature hex_signature
-  verify_delivery);
+  verify_delivery create_endpoint wait_until_settled);
 
 # Start a node that preloads webhook_outbox, with CREATE EXTENSION done in
 # "postgres" unless no_extension is set.  conf: extra postgresql.conf lines.
@@ -28,7 +28,8 @@ sub new_node
 {
     my ($name, %opts) = @_;
     my $node = PostgreSQL::Test::Cluster->new($name);
-    $node->init;
+    # UTF-8 whatever the runner's locale: payloads carry non-ASCII text.
+    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
     $node->append_conf(
         'postgresql.conf', join("\n",
             "shared_preload_libraries = 'webhook_outbox'",
@@ -41,6 +42,29 @@ sub new_node
     $node->safe_psql('postgres', 'CREATE EXTENSION webhook_outbox')
       unless $opts{no_extension};
     return $node;
+}
+
+# Register an endpoint in "postgres" with webhook.create_webhook and return
+# (id, secret).  %args are further arguments as SQL expressions, quoted by
+# the caller: create_endpoint($node, $url, event_types => "ARRAY['period.*']").
+sub create_endpoint
+{
+    my ($node, $url, %args) = @_;
+    my $more = join('', map { ", $_ => $args{$_}" } sort keys %args);
+    my $row = $node->safe_psql('postgres',
+        "SELECT id, secret FROM webhook.create_webhook('$url'$more)");
+    return split /\|/, $row;
+}
+
+# Wait until every delivery in $dbname (default "postgres") has been tried
+# and its outcome recorded: none is pending except those parked for a
+# disabled endpoint.  True if that happened within the default timeout.
+sub wait_until_settled
+{
+    my ($node, $dbname) = @_;
+    return $node->poll_query_until($dbname // 'postgres',
+        "SELECT count(*) = 0 FROM webhook.deliveries
+          WHERE status = 'pending' AND next_attempt_at < 'infinity'");
 }
 
 # Start test/receiver.py on a free loopback port; see WebhookTest::Receiver.
