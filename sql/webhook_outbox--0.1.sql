@@ -617,17 +617,30 @@ CREATE FUNCTION webhook.wake_worker() RETURNS void
 -- older was already visible, hence already dispatched. A transaction that
 -- commits late with a low xid is thus never skipped. One statement, one
 -- snapshot: the new cursor is exactly the snapshot the rows were read with.
+--
+-- Cost: only new events are read, through event_log's txid index, however
+-- long the history. The cursor's bounds are read first and passed in as
+-- values, with custom plans, so the planner sees them (as generic
+-- parameters it would guess a third of the table and scan all of it); the
+-- filter is matched against new events only.
 CREATE FUNCTION webhook.dispatch_new_events() RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    WITH previous AS (
-        SELECT c.snapshot FROM webhook.dispatch_cursor c
-    ), fresh AS (
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v_xmax   xid8;
+    v_xip    xid8[];
+    v_queued bigint;
+BEGIN
+    SELECT pg_snapshot_xmax(c.snapshot), ARRAY(SELECT pg_snapshot_xip(c.snapshot))
+      INTO STRICT v_xmax, v_xip
+      FROM webhook.dispatch_cursor c;
+
+    WITH fresh AS MATERIALIZED (
         SELECT e.id, e.event_type
-          FROM webhook.event_log e, previous p
-         WHERE e.txid >= pg_snapshot_xmax(p.snapshot)
-            OR e.txid IN (SELECT pg_snapshot_xip(p.snapshot))
+          FROM webhook.event_log e
+         WHERE e.txid >= v_xmax OR e.txid = ANY (v_xip)
     ), queued AS (
         INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at)
         SELECT f.id, ep.id, f.event_type, now()
@@ -641,20 +654,26 @@ BEGIN ATOMIC
            SET snapshot = pg_current_snapshot()
          WHERE c.snapshot::text <> pg_current_snapshot()::text
     )
-    SELECT count(*) FROM queued;
-END;
+    SELECT count(*) INTO v_queued FROM queued;
+    RETURN v_queued;
+END
+$$;
 
 -- Due deliveries with everything needed to send them, at most per_endpoint
 -- in flight to any one endpoint (busy_* lists those in flight now), oldest
 -- first. Taken endpoint by endpoint so that one endpoint's backlog cannot
 -- hide another's due work.
+--
+-- No SET clause: without one the planner inlines this into the worker's
+-- prepared statement, whose plan is then kept (a SQL function called as
+-- such is parsed and planned again on every call, several times a second).
+-- The body is parsed at creation, so the caller's search_path cannot change it.
 CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[],
                                        per_endpoint integer, max_rows integer)
 RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean,
                event_type text, payload text, created_at text, url text,
                secret text, previous_secret text, headers jsonb)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH busy AS (
         SELECT b.event_id, b.endpoint_id
@@ -730,7 +749,13 @@ BEGIN
                                ELSE d.succeeded_at END
       FROM outcome_batch o
      WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
-       AND d.status = 'pending';
+       -- "Not final" rather than status = 'pending' (the same, given the
+       -- CHECK): the latter lets the planner add the partial index of
+       -- pending deliveries to each primary-key look-up (a BitmapAnd that
+       -- reads the whole backlog per outcome) whenever that index's
+       -- statistics date from a quieter moment, as after any VACUUM of an
+       -- empty queue followed by a burst.
+       AND d.status NOT IN ('succeeded', 'failed', 'cancelled');
 
     -- Endpoint health: a success clears the failure clock; a failure starts
     -- it; 410 or a clock older than disable_after disables the endpoint.
@@ -790,7 +815,9 @@ BEGIN
         SELECT e.id FROM webhook.event_log e
          WHERE e.created_at < now() - retention
            AND NOT EXISTS (SELECT 1 FROM webhook.delivery_log d
-                            WHERE d.event_id = e.id AND d.status = 'pending')
+                            WHERE d.event_id = e.id
+                              -- not "= 'pending'": see record_attempts
+                              AND d.status NOT IN ('succeeded', 'failed', 'cancelled'))
          ORDER BY e.created_at
          LIMIT batch
     ), attempts AS (
@@ -803,6 +830,105 @@ BEGIN
     RETURN v_removed;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Operations: endpoint health and queue status at a glance
+--
+-- Both views stay cheap however long the history: the recent window is
+-- read through attempt_log's started_at index, the backlog through the
+-- partial index of pending deliveries. Neither shows a secret or a header.
+-- ---------------------------------------------------------------------------
+
+-- One row per endpoint: its state, its backlog, and how its HTTP attempts
+-- went in the last hour (an attempt succeeded when it got a 2xx; manual
+-- ones count too). failing_since is when the current run of failures began
+-- (NULL when the latest outcome was a success), however long ago;
+-- consecutive_failures counts the failed attempts since the last success
+-- within the hour.
+CREATE VIEW webhook.endpoint_health AS
+WITH recent AS (
+    SELECT a.endpoint_id, a.started_at, a.duration_ms,
+           coalesce(a.status_code BETWEEN 200 AND 299, false) AS ok
+      FROM webhook.attempt_log a
+     WHERE a.started_at >= pg_catalog.now() - interval '1 hour'
+), per_endpoint AS (
+    SELECT r.endpoint_id,
+           count(*) FILTER (WHERE r.ok) AS succeeded,
+           count(*) FILTER (WHERE NOT r.ok) AS failed,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY r.duration_ms) AS p50_ms,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY r.duration_ms) AS p99_ms,
+           max(r.started_at) FILTER (WHERE r.ok) AS last_success_at,
+           max(r.started_at) FILTER (WHERE NOT r.ok) AS last_failure_at
+      FROM recent r
+     GROUP BY r.endpoint_id
+), streak AS (
+    SELECT r.endpoint_id, count(*) AS consecutive_failures
+      FROM recent r
+      JOIN per_endpoint p ON p.endpoint_id = r.endpoint_id
+     WHERE NOT r.ok AND r.started_at > coalesce(p.last_success_at, '-infinity')
+     GROUP BY r.endpoint_id
+), backlog AS (
+    SELECT d.endpoint_id, count(*) AS pending
+      FROM webhook.delivery_log d
+     WHERE d.status = 'pending'
+     GROUP BY d.endpoint_id
+)
+SELECT ep.id, ep.url, ep.description, ep.enabled, ep.disabled_at,
+       ep.disabled_reason, ep.failing_since,
+       coalesce(b.pending, 0) AS pending,
+       coalesce(p.succeeded, 0) AS succeeded,
+       coalesce(p.failed, 0) AS failed,
+       round(p.succeeded::numeric / nullif(p.succeeded + p.failed, 0), 4) AS success_rate,
+       round(p.p50_ms::numeric, 1) AS p50_ms,
+       round(p.p99_ms::numeric, 1) AS p99_ms,
+       p.last_success_at, p.last_failure_at,
+       coalesce(s.consecutive_failures, 0) AS consecutive_failures
+  FROM webhook.endpoints ep
+  LEFT JOIN backlog b ON b.endpoint_id = ep.id
+  LEFT JOIN per_endpoint p ON p.endpoint_id = ep.id
+  LEFT JOIN streak s ON s.endpoint_id = ep.id;
+
+-- One row: the queue now. Pending deliveries are due (the worker sends or is
+-- sending them: a request in flight stays pending until its outcome is
+-- recorded), scheduled (a retry waiting for its time) or parked (their
+-- endpoint is disabled); oldest_pending_age ignores parked ones.
+-- undispatched_events counts committed events the worker has not yet
+-- turned into deliveries: it grows when the worker is not running. The
+-- rates are over the last minute. worker_pid and worker_activity come from
+-- pg_stat_activity, so they are NULL when no worker serves this database --
+-- or when the reader may not see other sessions (grant pg_read_all_stats).
+CREATE VIEW webhook.queue_status AS
+SELECT q.pending_due, q.pending_scheduled, q.pending_parked,
+       pg_catalog.now() - q.oldest_pending_at AS oldest_pending_age,
+       u.undispatched_events,
+       (SELECT count(*) FROM webhook.event_log e
+         WHERE e.created_at >= pg_catalog.now() - interval '1 minute') AS events_last_minute,
+       a.attempts_last_minute,
+       a.delivered_last_minute,
+       round(a.delivered_last_minute / 60.0, 2) AS deliveries_per_second,
+       w.pid AS worker_pid,
+       w.query AS worker_activity
+  FROM (SELECT count(*) FILTER (WHERE d.next_attempt_at <= pg_catalog.now()) AS pending_due,
+               count(*) FILTER (WHERE d.next_attempt_at > pg_catalog.now()
+                                  AND d.next_attempt_at < 'infinity') AS pending_scheduled,
+               count(*) FILTER (WHERE d.next_attempt_at = 'infinity') AS pending_parked,
+               min(d.created_at) FILTER (WHERE d.next_attempt_at < 'infinity') AS oldest_pending_at
+          FROM webhook.delivery_log d
+         WHERE d.status = 'pending') q
+ CROSS JOIN (SELECT (SELECT count(*) FROM webhook.event_log e
+                      WHERE e.txid >= pg_catalog.pg_snapshot_xmax(c.snapshot))
+                  + (SELECT count(*) FROM webhook.event_log e
+                      WHERE e.txid IN (SELECT pg_catalog.pg_snapshot_xip(c.snapshot)))
+                    AS undispatched_events
+               FROM webhook.dispatch_cursor c) u
+ CROSS JOIN (SELECT count(*) AS attempts_last_minute,
+                    count(*) FILTER (WHERE t.status_code BETWEEN 200 AND 299) AS delivered_last_minute
+               FROM webhook.attempt_log t
+              WHERE t.started_at >= pg_catalog.now() - interval '1 minute') a
+  LEFT JOIN (SELECT s.pid, s.query FROM pg_catalog.pg_stat_activity s
+              WHERE s.backend_type = 'webhook_outbox worker'
+                AND s.datname = pg_catalog.current_database()
+              LIMIT 1) w ON true;
 
 -- ---------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC. The owner grants what a deployment needs

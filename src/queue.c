@@ -26,15 +26,35 @@
 
 #include "delivery.h"
 
+/* The worker's statements, prepared once (see queue_execute) */
+static SPIPlanPtr dispatch_plan = NULL;
+static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr remove_plan = NULL;
+
 /*
- * Run one statement of the worker through SPI; raise if it fails.
+ * Run one statement of the worker through SPI; raise if it fails. The
+ * statement is prepared on first use and its plan kept in *plan for the
+ * worker's lifetime: these run several times a second, and parsing and
+ * planning them each time cost more than running them. (The plan cache
+ * re-plans by itself when what the plan depends on changes.)
  */
 static void
-queue_execute(const char *sql, int nargs, Oid *types, Datum *values,
-			  const char *nulls, int expected)
+queue_execute(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
+			  Datum *values, const char *nulls, int expected)
 {
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	int			rc;
 
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, types);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "webhook_outbox worker could not prepare a query (%s): %s",
+				 SPI_result_code_string(SPI_result), sql);
+		*plan = prepared;
+	}
+	rc = SPI_execute_plan(*plan, values, nulls, false, 0);
 	if (rc != expected)
 		elog(ERROR, "webhook_outbox worker query failed (%s): %s",
 			 SPI_result_code_string(rc), sql);
@@ -59,7 +79,8 @@ queue_dispatch(void)
 	int64		count;
 
 	SPI_connect();
-	queue_execute("SELECT webhook.dispatch_new_events()", 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	queue_execute(&dispatch_plan, "SELECT webhook.dispatch_new_events()", 0, NULL, NULL, NULL,
+				  SPI_OK_SELECT);
 	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	return (int) count;
@@ -144,7 +165,7 @@ queue_fetch(int limit, Delivery **in_flight, int in_flight_count, int *fetched,
 	values[3] = Int32GetDatum(limit);
 
 	SPI_connect();
-	queue_execute("SELECT * FROM webhook.due_deliveries($1, $2, $3, $4)",
+	queue_execute(&fetch_plan, "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4)",
 				  4, types, values, NULL, SPI_OK_SELECT);
 
 	*fetched = (int) SPI_processed;
@@ -284,7 +305,7 @@ queue_record(Delivery **done, int count)
 	values[11] = IntervalPGetDatum(disable_after);
 
 	SPI_connect();
-	queue_execute("SELECT webhook.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+	queue_execute(&record_plan, "SELECT webhook.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
 				  12, types, values, NULL, SPI_OK_SELECT);
 	SPI_finish();
 }
@@ -305,7 +326,8 @@ queue_remove_old_history(int batch)
 	values[0] = IntervalPGetDatum(retention);
 	values[1] = Int32GetDatum(batch);
 	SPI_connect();
-	queue_execute("SELECT webhook.remove_old_history($1, $2)", 2, types, values, NULL, SPI_OK_SELECT);
+	queue_execute(&remove_plan, "SELECT webhook.remove_old_history($1, $2)", 2, types, values, NULL,
+				  SPI_OK_SELECT);
 	removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	return removed;
