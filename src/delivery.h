@@ -45,6 +45,7 @@ typedef struct Delivery
 	StringInfoData response;	/* first webhook.max_response_body bytes */
 	size_t		response_seen;	/* bytes received in all */
 	bool		response_cut;	/* we stopped reading an endless body */
+	bool		via_proxy;		/* connects to webhook.proxy, not the URL's host */
 	char		blocked_reason[128];	/* set when address.c refused the peer */
 	char		curl_error[CURL_ERROR_SIZE];
 

@@ -12,8 +12,12 @@
  * alive connections cost no set-up per request.
  *
  * Every request: POST, http/https only, redirects never followed, TLS
- * verified, proxies only from webhook.proxy, each peer address checked by
- * address.c at connect time (the address checked is the one connected to).
+ * verified, proxies only from webhook.proxy (never from the environment),
+ * each peer address checked by address.c at connect time (the address
+ * checked is the one connected to). A configured proxy is the operator's
+ * choice and is connected to whatever its address; it then decides where
+ * requests may go. When those settings change, connections opened under
+ * the old ones are not reused.
  *
  *-------------------------------------------------------------------------
  */
@@ -58,6 +62,10 @@ static bool http_sockets_restructured = true;
 
 static WaitEventSet *http_wait_set = NULL;
 static int	http_wait_set_capacity = 0;
+
+/* When the settings that decide where we may connect last changed */
+static char *http_peer_settings = NULL;
+static TimestampTz http_peer_settings_changed_at = 0;
 
 static CURL **http_spare_handles = NULL;	/* easy handles ready for reuse */
 static int	http_spare_count = 0;
@@ -181,10 +189,61 @@ http_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr
 	Delivery   *delivery = (Delivery *) clientp;
 
 	(void) purpose;
-	if (!address_allowed(&address->addr, delivery->blocked_reason,
+	if (!delivery->via_proxy &&
+		!address_allowed(&address->addr, delivery->blocked_reason,
 						 sizeof(delivery->blocked_reason)))
 		return CURL_SOCKET_BAD;
 	return socket(address->family, address->socktype, address->protocol);
+}
+
+/*
+ * Note when the parameters that decide where deliveries may connect change
+ * (at a reload), so that http_start stops reusing connections opened
+ * before: one kept alive to a loopback address while private networks were
+ * allowed must not carry requests once they are not.
+ */
+static void
+http_note_peer_settings(void)
+{
+	char	   *settings = psprintf("%d|%s|%s|%s", webhook_allow_private_networks,
+									webhook_allowed_networks, webhook_proxy,
+									webhook_ca_file);
+
+	if (http_peer_settings != NULL && strcmp(http_peer_settings, settings) != 0)
+		http_peer_settings_changed_at = GetCurrentTimestamp();
+	if (http_peer_settings == NULL || strcmp(http_peer_settings, settings) != 0)
+	{
+		if (http_peer_settings != NULL)
+			pfree(http_peer_settings);
+		http_peer_settings = MemoryContextStrdup(TopMemoryContext, settings);
+	}
+	pfree(settings);
+}
+
+/*
+ * Keep this request off connections opened before the last change of the
+ * peer settings: curl reuses only connections younger than the time since.
+ */
+static void
+http_avoid_stale_connections(CURL *easy)
+{
+	long		since_s;
+
+	if (http_peer_settings_changed_at == 0)
+		return;
+	since_s = (long) ((GetCurrentTimestamp() - http_peer_settings_changed_at) / USECS_PER_SEC);
+#if LIBCURL_VERSION_NUM >= 0x075000
+	if (since_s >= 1)
+	{
+		curl_easy_setopt(easy, CURLOPT_MAXLIFETIME_CONN, since_s);
+		return;
+	}
+#else
+	/* older connections are idle from now on: curl drops them in 118 s */
+	if (since_s >= 120)
+		return;
+#endif
+	curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
 }
 
 /*
@@ -202,8 +261,15 @@ http_apply_settings(void)
 
 	curl_multi_setopt(http_multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, connections);
 	curl_multi_setopt(http_multi, CURLMOPT_MAXCONNECTS, connections);
-	curl_multi_setopt(http_multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-					  (long) Min(connections, webhook_per_endpoint_concurrency));
+
+	/*
+	 * No per-host limit in curl: webhook.endpoint_concurrency is enforced
+	 * per endpoint when deliveries are fetched, and endpoints often share a
+	 * host (hooks.slack.com, ...). A per-host limit here would queue a
+	 * healthy endpoint's requests behind a hanging one's on the same host.
+	 */
+
+	http_note_peer_settings();
 }
 
 /*
@@ -282,6 +348,7 @@ http_start(Delivery *delivery)
 	delivery->response_cut = false;
 	delivery->curl_error[0] = '\0';
 	delivery->blocked_reason[0] = '\0';
+	delivery->via_proxy = (webhook_proxy[0] != '\0');
 	delivery->retry_after_s = -1;
 	delivery->status_code = 0;
 
@@ -333,8 +400,13 @@ http_start(Delivery *delivery)
 #else
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-	/* An empty proxy disables the *_proxy environment variables. */
+	/*
+	 * An empty proxy disables the *_proxy environment variables; an empty
+	 * no-proxy list disables NO_PROXY, so that a configured proxy carries
+	 * every request.
+	 */
 	curl_easy_setopt(easy, CURLOPT_PROXY, webhook_proxy);
+	curl_easy_setopt(easy, CURLOPT_NOPROXY, "");
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (webhook_ca_file[0] != '\0')
@@ -345,6 +417,7 @@ http_start(Delivery *delivery)
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, delivery);
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, delivery->curl_error);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, delivery);
+	http_avoid_stale_connections(easy);
 
 	rc = curl_multi_add_handle(http_multi, easy);
 	if (rc != CURLM_OK)
@@ -456,10 +529,25 @@ http_wait(long timeout_ms, uint32 wait_event_info)
 static char *
 http_describe_failure(Delivery *delivery)
 {
-	if (delivery->blocked_reason[0] != '\0')
+	/* (a name with several addresses may have had one refused, one tried) */
+	if (delivery->blocked_reason[0] != '\0' && delivery->result == CURLE_COULDNT_CONNECT)
 		return psprintf("address blocked: %s", delivery->blocked_reason);
 	if (delivery->curl_error[0] != '\0')
+	{
+		long		os_errno = 0;
+		const char *cause;
+
+		/* e.g. "Connection refused", which some libcurl versions leave out */
+		if ((delivery->result == CURLE_COULDNT_CONNECT ||
+			 delivery->result == CURLE_SEND_ERROR ||
+			 delivery->result == CURLE_RECV_ERROR) &&
+			curl_easy_getinfo(delivery->easy, CURLINFO_OS_ERRNO, &os_errno) == CURLE_OK &&
+			os_errno != 0 &&
+			strstr(delivery->curl_error, (cause = strerror((int) os_errno))) == NULL)
+			return psprintf("%s: %s (%s)", curl_easy_strerror(delivery->result),
+							delivery->curl_error, cause);
 		return psprintf("%s: %s", curl_easy_strerror(delivery->result), delivery->curl_error);
+	}
 	return pstrdup(curl_easy_strerror(delivery->result));
 }
 

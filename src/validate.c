@@ -46,6 +46,57 @@ validate_has_control(const char *s, size_t len, bool allow_tab)
 }
 
 /*
+ * How many characters s[0..len) holds: UTF-8 characters when it is valid
+ * UTF-8 (as in a UTF8 database), else bytes (exact in single-byte
+ * encodings, an over-count in other multibyte ones). Keeps limits stated
+ * in characters true for non-ASCII text without knowing the encoding.
+ */
+static size_t
+validate_character_count(const char *s, size_t len)
+{
+	size_t		count = 0;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		unsigned char c = (unsigned char) s[i];
+		size_t		width;
+		unsigned int code;
+
+		if (c < 0x80)
+		{
+			count++;
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			width = 2;
+		else if (c >= 0xe0 && c <= 0xef)
+			width = 3;
+		else if (c >= 0xf0 && c <= 0xf4)
+			width = 4;
+		else
+			return len;			/* not UTF-8 */
+		code = c & (0x7f >> width);	/* the lead byte's payload bits */
+		if (i + width > len)
+			return len;
+		for (size_t k = 1; k < width; k++)
+		{
+			if (((unsigned char) s[i + k] & 0xc0) != 0x80)
+				return len;
+			code = (code << 6) | ((unsigned char) s[i + k] & 0x3f);
+		}
+		/* overlong forms, surrogates and code points past U+10FFFF */
+		if ((width == 3 && code < 0x800) || (width == 4 && code < 0x10000) ||
+			(code >= 0xd800 && code <= 0xdfff) || code > 0x10ffff)
+			return len;
+		count++;
+		i += width;
+	}
+	return count;
+}
+
+/*
  * Check that the URL is an absolute http or https URL with a host.
  */
 const char *
@@ -60,7 +111,7 @@ validate_url(const char *url, size_t len)
 
 	if (len == 0)
 		return "The URL is empty.";
-	if (len > WEBHOOK_MAX_URL_LENGTH)
+	if (validate_character_count(url, len) > WEBHOOK_MAX_URL_LENGTH)
 		return "A webhook URL has at most 1024 characters.";
 	if (memchr(url, '\0', len) != NULL || validate_has_control(url, len, false))
 		return "The URL contains a control character.";
@@ -132,7 +183,7 @@ validate_header_name(const char *name, size_t len)
 const char *
 validate_header_value(const char *value, size_t len)
 {
-	if (len > WEBHOOK_MAX_HEADER_VALUE_LENGTH)
+	if (validate_character_count(value, len) > WEBHOOK_MAX_HEADER_VALUE_LENGTH)
 		return "A header value has at most 8192 characters.";
 	if (memchr(value, '\0', len) != NULL || validate_has_control(value, len, true))
 		return "A header value must not contain CR, LF or other control characters.";

@@ -185,12 +185,15 @@ _PG_init(void)
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("webhook.allowed_networks",
 							   "Address ranges (CIDR) delivered to even though private.",
-							   NULL, &webhook_allowed_networks, "",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   "A list such as '10.1.0.0/16, fd00::/8'.",
+							   &webhook_allowed_networks, "",
+							   PGC_SIGHUP, 0, address_check_allowed_networks,
+							   address_assign_allowed_networks, NULL);
+	/* superuser only: a proxy URL may carry a password */
 	DefineCustomStringVariable("webhook.proxy",
 							   "HTTP proxy for deliveries; empty means none, whatever the environment says.",
 							   NULL, &webhook_proxy, "",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("webhook.ca_file",
 							   "File of CA certificates trusted for https deliveries; empty means the system's.",
 							   NULL, &webhook_ca_file, "",

@@ -14,6 +14,8 @@
 
 #include "postgres.h"
 
+#include "utils/guc.h"
+
 #define WEBHOOK_OUTBOX_VERSION "0.1"
 #define WEBHOOK_USER_AGENT "webhook_outbox/" WEBHOOK_OUTBOX_VERSION
 
@@ -51,6 +53,10 @@ extern bool webhook_consume_wake(void);
 /* endpoints.c: errors about user-supplied values */
 extern char *webhook_value_for_display(const char *value);
 extern void webhook_require_event_type_name(const char *name);
+
+/* address.c: hooks of webhook.allowed_networks */
+extern bool address_check_allowed_networks(char **newval, void **extra, GucSource source);
+extern void address_assign_allowed_networks(const char *newval, void *extra);
 
 /* worker.c */
 extern void webhook_register_worker(void);

@@ -8,12 +8,14 @@ read.  The path chooses the answer, so one receiver serves many endpoints:
   /status/<code>[/...]                 that status (3xx with Location: /ok)
   /fail/<n>/<key...>                   500 for the first n requests to the path, then 200
   /retry-after/<s>/<n>/<key...>        429 with Retry-After: <s> for the first n, then 200
+                                       (?status=503: 503 instead of 429)
   /hang[/...]                          never answers (until the client leaves, or 600 s)
   /slow/<ms>[/...]                     200 after <ms> milliseconds
   /big/<bytes>[/...]                   200 with a body of <bytes> bytes
   anything else                        200 "ok"
 
 Usage: receiver.py [--port N] [--port-file FILE] [--log FILE]
+                   [--tls-cert FILE --tls-key FILE]   (serve https)
 """
 
 import argparse
@@ -24,6 +26,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -60,7 +63,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             elif parts[0] == "retry-after" and len(parts) >= 4:
                 failing = self.server.count(self.path) <= int(parts[2])
                 if failing:
-                    self.answer(429, b"slow down", {"Retry-After": parts[1]})
+                    code = 503 if self.path.endswith("?status=503") else 429
+                    self.answer(code, b"slow down", {"Retry-After": parts[1]})
                 else:
                     self.answer(200, b"ok")
             elif parts[0] == "hang":
@@ -105,6 +109,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Receiver(http.server.ThreadingHTTPServer):
     daemon_threads = True           # hanging requests do not block exit
+    request_queue_size = 1024       # listen backlog: the default 5 drops bursts
+
+    def handle_error(self, request, client_address):
+        """A client that hung up (a timeout, a stop) is no error of ours."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, port, log_path):
         super().__init__(("127.0.0.1", port), Handler)
@@ -138,9 +149,15 @@ def main():
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     parser.add_argument("--port-file", help="write the bound port here")
     parser.add_argument("--log", help="append one JSON line per request here")
+    parser.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="... and this key (PEM)")
     args = parser.parse_args()
 
     server = Receiver(args.port, args.log)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
     if args.port_file:
         # Write then rename, so a reader never sees a partial port number.

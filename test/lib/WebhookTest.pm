@@ -68,9 +68,12 @@ sub wait_until_settled
 }
 
 # Start test/receiver.py on a free loopback port; see WebhookTest::Receiver.
+# Options: port (default: any free one), tls => [cert file, key file] (serve
+# https), script (another server with receiver.py's options, e.g.
+# test/servers/broken.py), args (more arguments for it).
 sub start_receiver
 {
-    return WebhookTest::Receiver->start;
+    return WebhookTest::Receiver->start(@_);
 }
 
 # The Standard Webhooks signature: "v1," + base64 HMAC-SHA256 of
@@ -130,20 +133,25 @@ my $script = dirname(__FILE__) . '/../receiver.py';
 
 sub start
 {
-    my ($class) = @_;
+    my ($class, %opts) = @_;
     my $dir = PostgreSQL::Test::Utils::tempdir('receiver');
     my $self = bless {
         port_file => "$dir/port",
         log => "$dir/requests.jsonl",
         stderr => "$dir/stderr",
+        scheme => $opts{tls} ? 'https' : 'http',
     }, $class;
 
     $self->{harness} = IPC::Run::start(
         [
-            'python3', $script,
-            '--port' => 0,
+            'python3', $opts{script} // $script,
+            '--port' => $opts{port} // 0,
             '--port-file' => $self->{port_file},
-            '--log' => $self->{log}
+            '--log' => $self->{log},
+            $opts{tls}
+            ? ('--tls-cert' => $opts{tls}[0], '--tls-key' => $opts{tls}[1])
+            : (),
+            @{ $opts{args} // [] }
         ],
         '<', \undef, '>&', $self->{stderr});
 
@@ -165,7 +173,7 @@ sub port { return $_[0]->{port}; }
 sub url
 {
     my ($self, $path) = @_;
-    return "http://127.0.0.1:$self->{port}" . ($path // '/');
+    return "$self->{scheme}://127.0.0.1:$self->{port}" . ($path // '/');
 }
 
 # Every request so far, oldest first, as hashes (method, path, headers with

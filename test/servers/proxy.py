@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""test/servers/proxy.py: a tiny forward HTTP proxy for the tests.
+
+Listens on 127.0.0.1 only. Takes requests in absolute form ("POST
+http://host:port/path HTTP/1.1"), logs each as one JSON line ({"method",
+"path" (the absolute URL), "headers", "body", "received_at"}, as
+test/receiver.py does), passes it on to its origin and relays the answer.
+Plain http only: a CONNECT (https) is logged and refused with 501.
+
+Usage: proxy.py [--port N] [--port-file FILE] [--log FILE]
+"""
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+              "te", "trailer", "transfer-encoding", "upgrade"}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_CONNECT(self):
+        self.server.record(self, b"")
+        self.send_error(501, "CONNECT is not supported by this test proxy")
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        self.server.record(self, body)
+
+        target = urllib.parse.urlsplit(self.path)
+        if target.scheme != "http" or not target.hostname:
+            self.send_error(400, "absolute http URL expected")
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        origin_path = target.path or "/"
+        if target.query:
+            origin_path += "?" + target.query
+        try:
+            upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=30)
+            upstream.request(self.command, origin_path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        except OSError as e:
+            self.send_error(502, "upstream failed: %s" % e)
+            return
+        self.send_response(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Via", "1.1 webhook-test-proxy")
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
+
+class Proxy(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024       # listen backlog: the default 5 drops bursts
+
+    def __init__(self, port, log_path):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.lock = threading.Lock()
+
+    def record(self, handler, body):
+        if self.log_file is None:
+            return
+        line = json.dumps({
+            "method": handler.command,
+            "path": handler.path,
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "body": body.decode("utf-8", errors="replace"),
+            "received_at": time.time(),
+        })
+        with self.lock:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description="forward HTTP proxy for tests")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--port-file", help="write the bound port here")
+    parser.add_argument("--log", help="append one JSON line per request here")
+    args = parser.parse_args()
+
+    server = Proxy(args.port, args.log)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write("%d\n" % server.server_address[1])
+        os.replace(args.port_file + ".tmp", args.port_file)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
