@@ -660,8 +660,9 @@ END
 $$;
 
 -- Due deliveries with everything needed to send them, at most per_endpoint
--- in flight to any one endpoint (busy_* lists those in flight now), oldest
--- first. Taken endpoint by endpoint so that one endpoint's backlog cannot
+-- in flight to any one endpoint (busy_* lists those in flight now) -- one
+-- while the endpoint is failing, a circuit breaker that keeps dead
+-- endpoints from filling the slots of healthy ones --, oldest first. Taken endpoint by endpoint so that one endpoint's backlog cannot
 -- hide another's due work.
 --
 -- No SET clause: without one the planner inlines this into the worker's
@@ -698,7 +699,8 @@ BEGIN ATOMIC
                                 WHERE b.event_id = d.event_id
                                   AND b.endpoint_id = d.endpoint_id)
              ORDER BY d.next_attempt_at
-             LIMIT greatest(per_endpoint - coalesce(l.n, 0), 0)) d
+             LIMIT greatest(CASE WHEN ep.failing_since IS NULL THEN per_endpoint ELSE 1 END
+                            - coalesce(l.n, 0), 0)) d
       JOIN webhook.event_log e ON e.id = d.event_id
      WHERE ep.enabled
      ORDER BY d.next_attempt_at
@@ -717,6 +719,8 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_disabled uuid[];
 BEGIN
     WITH outcome_batch AS (
         SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
@@ -793,10 +797,17 @@ BEGIN
            AND (j.disable OR j.failing_since IS DISTINCT FROM j.was_failing_since)
         RETURNING ep.id, j.disable
     )
-    UPDATE webhook.delivery_log d
-       SET next_attempt_at = 'infinity'
-      FROM changed c
-     WHERE c.disable AND d.endpoint_id = c.id AND d.status = 'pending';
+    SELECT array_agg(c.id) FILTER (WHERE c.disable) INTO v_disabled FROM changed c;
+
+    -- Park the pending deliveries of the endpoints just disabled: a statement
+    -- of its own, run only when there are some. Joined to the one above, it
+    -- let the planner read the whole backlog on every batch whenever the
+    -- partial index's statistics said it was empty.
+    IF v_disabled IS NOT NULL THEN
+        UPDATE webhook.delivery_log d
+           SET next_attempt_at = 'infinity'
+         WHERE d.endpoint_id = ANY (v_disabled) AND d.status = 'pending';
+    END IF;
 END
 $$;
 

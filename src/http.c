@@ -52,6 +52,7 @@ typedef struct HttpSocket
 
 static CURLM *http_multi = NULL;
 static int	http_added = 0;		/* handles added and not yet taken off */
+static int	http_request_limit = 64;	/* webhook.concurrency, bounded by files */
 static long http_timer_ms = -1;	/* what curl last asked for; -1 = none */
 static TimestampTz http_timer_set_at = 0;
 
@@ -254,13 +255,15 @@ void
 http_apply_settings(void)
 {
 	struct rlimit limit;
-	long		connections = webhook_concurrency;
+	long		requests = webhook_concurrency;
 
+	/* At most twice this many sockets (see http_max_in_flight) */
 	if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
-		connections = Min(connections, Max(1, (long) limit.rlim_cur / 2 - 32));
+		requests = Min(requests, Max(1, (long) limit.rlim_cur / 4 - 16));
+	http_request_limit = (int) requests;
 
-	curl_multi_setopt(http_multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, connections);
-	curl_multi_setopt(http_multi, CURLMOPT_MAXCONNECTS, connections);
+	curl_multi_setopt(http_multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 2 * requests);
+	curl_multi_setopt(http_multi, CURLMOPT_MAXCONNECTS, requests);
 
 	/*
 	 * No per-host limit in curl: webhook.endpoint_concurrency is enforced
@@ -426,6 +429,18 @@ http_start(Delivery *delivery)
 				 errmsg("could not start a delivery: %s", curl_multi_strerror(rc))));
 	http_added++;
 	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * webhook.concurrency as this process can honour it: requests that are
+ * being answered at once. The worker lets as many again wait on stalled
+ * receivers (worker.c), so sockets stay under twice this, within the
+ * open-file limit.
+ */
+int
+http_max_in_flight(void)
+{
+	return http_request_limit;
 }
 
 /*

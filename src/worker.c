@@ -57,6 +57,7 @@
 #define WORKER_RETENTION_PAUSE_MS 100
 #define WORKER_RETENTION_BATCH 1000
 #define WORKER_RELAUNCH_DELAY_MS 1000
+#define WORKER_STALLED_MS 1000
 
 PGDLLEXPORT void webhook_launcher_main(Datum main_arg);
 
@@ -415,6 +416,26 @@ worker_collect_completed(void)
 }
 
 /*
+ * How many more requests may start. Requests waiting longer than
+ * WORKER_STALLED_MS for their answer stop counting against
+ * webhook.concurrency, up to as many again: endpoints that hang cannot
+ * take every slot before they are known to be failing (after which
+ * due_deliveries gives each of them one request at a time).
+ */
+static int
+worker_free_slots(TimestampTz now)
+{
+	int			limit = http_max_in_flight();
+	int			stalled = 0;
+
+	for (int i = 0; i < worker_in_flight_count; i++)
+		if (TimestampDifferenceExceeds(worker_in_flight[i]->started_at, now, WORKER_STALLED_MS))
+			stalled++;
+	return Max(0, Min(limit - (worker_in_flight_count - stalled),
+					  2 * limit - worker_in_flight_count));
+}
+
+/*
  * Before exit: stop using the latch and curl.
  */
 static void
@@ -536,7 +557,7 @@ webhook_worker_main(Datum main_arg)
 		pass.check_ready = !ready || poll_due;
 		pass.ready = ready;
 		pass.dispatch = woken || poll_due;
-		pass.free_slots = webhook_concurrency - worker_in_flight_count;
+		pass.free_slots = worker_free_slots(now);
 
 		/*
 		 * A pass is worth a transaction when there are outcomes to record,

@@ -1,16 +1,16 @@
 # test/t/130_load.pl: many endpoints, dead endpoints, a long outage.
 #
 # 1. 1,000 endpoints each receive an event, exactly once.
-# 2. 64 endpoints that never answer take 64 slots until webhook.timeout,
-#    while a healthy endpoint on the same receiver (same host and port)
-#    goes on being delivered to without delay. This needs webhook.concurrency
-#    above the number of dead endpoints: with the default of 64, 64 dead
-#    endpoints would take every slot and healthy deliveries would wait up to
-#    webhook.timeout each round (measured: 8 s with webhook.timeout = 8s;
-#    see the README, "Sizing concurrency").
+# 2. 64 endpoints that never answer, at the default webhook.concurrency of
+#    64, while a healthy endpoint on the same receiver (same host and port)
+#    goes on being delivered to: requests waiting over a second stop
+#    counting against webhook.concurrency, so the healthy endpoint waits at
+#    most about that second, never webhook.timeout.
 # 3. A receiver outage with 10,000 events queued: attempts fail (connection
-#    refused) and are retried on the schedule; when the receiver is back,
-#    every event is delivered, each once. The outage lasts 15 s here (a
+#    refused); once the endpoint is failing it gets one request at a time
+#    (the circuit breaker of webhook.due_deliveries), so the outage costs
+#    few attempts and gives nothing up; when the receiver is back, the first
+#    success lifts the limit and every event is delivered, each once. The outage lasts 15 s here (a
 #    real one may last hours; the schedule below is shortened to match) so
 #    that the suite stays fast.
 
@@ -25,8 +25,6 @@ use WebhookTest;
 my $node = new_node(
     'load',
     conf => [
-        # above the 64 dead endpoints of part 2 (see above)
-        "webhook.concurrency = 128",
         # part 3 sends 10,000 events to one endpoint: with the default of
         # 16 in flight the Python receiver takes ~30 s for them, with 64 ~8
         "webhook.endpoint_concurrency = 64",
@@ -106,7 +104,8 @@ my $slowest = $node->safe_psql(
       FROM webhook.deliveries d JOIN webhook.events e ON e.id = d.event_id
      WHERE d.endpoint_id = '$healthy'});
 note("slowest healthy delivery: ${slowest}s");
-cmp_ok($slowest, '<', 1, '... each within a second, while 64 endpoints hung');
+cmp_ok($slowest, '<', 2.5,
+    '... each within the stall allowance, while 64 endpoints hung');
 is( $node->safe_psql(
         'postgres',
         "SELECT count(*) FROM webhook.attempts WHERE event_id = '$dead_event'"),
@@ -149,8 +148,9 @@ my ($failed_attempts, $retried, $pending, $refused) = split /\|/,
            bool_and(error LIKE 'Couldn''t connect to server:%Connection refused%')
       FROM webhook.attempts WHERE endpoint_id = '$outage_id'});
 note("during the outage: $failed_attempts failed attempts, $retried of them retries");
-cmp_ok($failed_attempts, '>=', 10000, 'during the outage every delivery was tried');
-cmp_ok($retried, '>', 0, '... and retried on the schedule');
+cmp_ok($failed_attempts, '>', 0, 'during the outage deliveries were tried');
+cmp_ok($failed_attempts, '<', 10000 * 2,
+    '... one at a time once the endpoint was failing, not every delivery on every try');
 is($refused, 't', '... each failing with "Connection refused"');
 is($pending, 10000, '... and none given up');
 
