@@ -63,6 +63,14 @@ SELECT bool_or(w::text LIKE '%' || :'all_secret' || '%') AS shows_a_secret
 -- The stored headers keep their real values: the worker sends them.
 SELECT headers FROM webhook.endpoints WHERE id = :'ledger_id';
 
+-- A password in a URL is listed masked; read back and passed to
+-- update_webhook, the stored one stays.
+SELECT id AS basic_id FROM webhook.create_webhook('https://user:p4ss@example.com/hooks/basic') \gset
+SELECT url FROM webhook.get_webhook(:'basic_id');
+SELECT url FROM webhook.update_webhook(:'basic_id', url => (SELECT url FROM webhook.get_webhook(:'basic_id')));
+SELECT url FROM webhook.endpoints WHERE id = :'basic_id';
+SELECT webhook.delete_webhook(:'basic_id') AS deleted;
+
 -- Headers read back masked and passed to update_webhook keep their stored
 -- value; the others change as given.
 SELECT headers FROM webhook.update_webhook(:'ledger_id',

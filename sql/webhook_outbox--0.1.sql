@@ -273,6 +273,12 @@ CREATE TYPE webhook.endpoint_with_secret AS
      disabled_reason text, created_at timestamptz, updated_at timestamptz,
      secret text);
 
+-- The URL as listed: a password in it (https://user:password@host/)
+-- replaced by ********.
+CREATE FUNCTION webhook.mask_url(url text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+RETURN regexp_replace(url, '^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)[^/?#@]*@', '\1********@');
+
 CREATE FUNCTION webhook.create_webhook(
     url          text,
     event_types  text[]  DEFAULT NULL,
@@ -334,7 +340,7 @@ RETURNS SETOF webhook.endpoint_info
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT e.id, e.url, e.event_types, e.description,
+    SELECT e.id, webhook.mask_url(e.url), e.event_types, e.description,
            webhook.mask_headers(e.headers), e.enabled, e.disabled_at,
            e.disabled_reason, e.created_at, e.updated_at
       FROM webhook.endpoints e
@@ -398,6 +404,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_id      uuid := id;
+    v_url     text;
     v_was     boolean;
     v_filter  text[];
     v_headers jsonb := headers;
@@ -409,6 +416,10 @@ BEGIN
     IF update_webhook.url IS NOT NULL THEN
         PERFORM webhook.check_url(update_webhook.url);
     END IF;
+    -- The URL read back masked from get_webhook keeps the stored password.
+    v_url := CASE WHEN update_webhook.url = (SELECT webhook.mask_url(e.url)
+                                               FROM webhook.endpoints e WHERE e.id = v_id)
+                  THEN NULL ELSE update_webhook.url END;
     IF update_webhook.event_types IS NOT NULL THEN
         v_filter := webhook.check_event_filter(update_webhook.event_types);
     END IF;
@@ -425,7 +436,7 @@ BEGIN
     END IF;
 
     UPDATE webhook.endpoints e SET
-        url         = coalesce(update_webhook.url, e.url),
+        url         = coalesce(v_url, e.url),
         event_types = CASE WHEN update_webhook.event_types IS NULL THEN e.event_types
                            ELSE v_filter END,
         description = coalesce(update_webhook.description, e.description),
