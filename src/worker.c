@@ -70,6 +70,18 @@ static int	worker_done_count = 0;
 static int	worker_capacity = 0;
 
 /*
+ * Deliveries whose outcome could not be recorded: still pending and due in
+ * the table, so they are kept out of fetches until next_attempt_at rather
+ * than sent again at once, in a loop. Bounded; the oldest goes first.
+ */
+#define WORKER_QUARANTINE_MAX 256
+#define WORKER_QUARANTINE_MIN_MS (60 * 1000)
+static Delivery *worker_quarantine[WORKER_QUARANTINE_MAX];
+static int	worker_quarantine_count = 0;
+
+static void worker_reserve(int n);
+
+/*
  * Register the launcher (from _PG_init, when preloaded).
  */
 void
@@ -330,8 +342,15 @@ worker_pass(void *arg)
 	if (pass->dispatch)
 		queue_dispatch();
 	if (pass->free_slots > 0)
-		pass->fetched = queue_fetch(pass->free_slots, worker_in_flight, worker_in_flight_count,
+	{
+		/* Not to be fetched: what is in flight, and what is quarantined. */
+		worker_reserve(worker_quarantine_count);
+		memcpy(worker_in_flight + worker_in_flight_count, worker_quarantine,
+			   sizeof(Delivery *) * worker_quarantine_count);
+		pass->fetched = queue_fetch(pass->free_slots, worker_in_flight,
+									worker_in_flight_count + worker_quarantine_count,
 									&pass->fetched_count, worker_context);
+	}
 }
 
 /*
@@ -344,27 +363,77 @@ worker_record_one(void *arg)
 }
 
 /*
+ * Keep a delivery whose outcome could not be recorded out of fetches until
+ * its next try is due, and at least a minute.
+ */
+static void
+worker_quarantine_add(Delivery *d)
+{
+	TimestampTz earliest = GetCurrentTimestamp() +
+		(TimestampTz) WORKER_QUARANTINE_MIN_MS * 1000;
+
+	if (d->outcome != OUTCOME_RETRY || d->next_attempt_at < earliest)
+		d->next_attempt_at = earliest;
+	if (worker_quarantine_count == WORKER_QUARANTINE_MAX)
+	{
+		queue_free_delivery(worker_quarantine[0]);
+		memmove(worker_quarantine, worker_quarantine + 1,
+				sizeof(Delivery *) * --worker_quarantine_count);
+	}
+	worker_quarantine[worker_quarantine_count++] = d;
+}
+
+/*
+ * Release quarantined deliveries whose time has come: the next fetch may
+ * take them again.
+ */
+static void
+worker_quarantine_expire(TimestampTz now)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < worker_quarantine_count; i++)
+	{
+		if (worker_quarantine[i]->next_attempt_at <= now)
+			queue_free_delivery(worker_quarantine[i]);
+		else
+			worker_quarantine[kept++] = worker_quarantine[i];
+	}
+	worker_quarantine_count = kept;
+}
+
+/*
  * Record each outcome of a batch that failed as a whole in a transaction of
- * its own, then without its response body; one that still cannot be
- * recorded is logged and left pending for its next scheduled try, so
- * nothing is re-sent in a loop.
+ * its own, then without its response body. One that still cannot be
+ * recorded is logged and quarantined: the batch is not sent again, and
+ * neither is that delivery before its next try.
  */
 static void
 worker_record_separately(void)
 {
+	int			kept = 0;
+
 	for (int i = 0; i < worker_done_count; i++)
 	{
 		Delivery   *d = worker_done[i];
 
-		if (worker_transaction(worker_record_one, &worker_done[i], "record a delivery outcome"))
-			continue;
-		d->response.len = 0;
-		d->response.data[0] = '\0';
-		if (!worker_transaction(worker_record_one, &worker_done[i], "record a delivery outcome without its response"))
-			ereport(WARNING,
-					(errmsg("webhook_outbox worker dropped the outcome of one attempt for event %s",
-							d->event_id_text)));
+		if (!worker_transaction(worker_record_one, &worker_done[i], "record a delivery outcome"))
+		{
+			d->response.len = 0;
+			d->response.data[0] = '\0';
+			if (!worker_transaction(worker_record_one, &worker_done[i],
+									"record a delivery outcome without its response"))
+			{
+				ereport(WARNING,
+						(errmsg("webhook_outbox worker could not record an attempt of event %s; it is not tried again for a minute or more",
+								d->event_id_text)));
+				worker_quarantine_add(d);
+				continue;
+			}
+		}
+		worker_done[kept++] = d;
 	}
+	worker_done_count = kept;
 }
 
 /*
@@ -550,6 +619,7 @@ webhook_worker_main(Datum main_arg)
 			worker_report_activity(ready);
 
 		now = GetCurrentTimestamp();
+		worker_quarantine_expire(now);
 		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
 		woken = webhook_consume_wake();
 
