@@ -37,7 +37,8 @@ static SPIPlanPtr remove_plan = NULL;
  * statement is prepared on first use and its plan kept in *plan for the
  * worker's lifetime: these run several times a second, and parsing and
  * planning them each time cost more than running them. (The plan cache
- * re-plans by itself when what the plan depends on changes.)
+ * re-plans by itself when what the plan depends on changes, and the worker
+ * has every plan made afresh at each poll: see worker.c.)
  */
 static void
 queue_execute(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,

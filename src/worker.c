@@ -38,6 +38,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 #include "utils/snapmgr.h"
 #if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
@@ -622,6 +623,16 @@ webhook_worker_main(Datum main_arg)
 		worker_quarantine_expire(now);
 		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
 		woken = webhook_consume_wake();
+
+		/*
+		 * Plan the worker's statements afresh at each poll. Their plans are
+		 * kept (see queue.c), and a plan made while the queue tables were
+		 * empty -- after CREATE EXTENSION, or after an ANALYZE of an idle
+		 * queue -- reads whole tables once they have filled; the plan cache
+		 * would only notice at the next ANALYZE.
+		 */
+		if (poll_due)
+			ResetPlanCache();
 
 		memset(&pass, 0, sizeof(pass));
 		pass.check_ready = !ready || poll_due;

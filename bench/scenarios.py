@@ -1,0 +1,528 @@
+"""bench/scenarios.py: the benchmark scenarios.
+
+Each scenario takes the running set-up (harness.Bench) and a number of runs,
+and returns rows: a metric, its target, the value of every run and what the
+median says. Scenarios measure; a missed target is a finding, not an error.
+Only a broken harness (a lost delivery, a failed query) raises.
+
+Sizes can be changed through the environment (BENCH_DRAIN_EVENTS and so on,
+see SIZES) to try things quickly; RESULTS.md records the sizes used.
+"""
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+
+import psycopg2
+
+from harness import (HERE, PG_BINDIR, Sampler, log, median, payload, percentile,
+                     process_cpu_seconds, wait_until)
+
+SIZES = {
+    'DRAIN_EVENTS': 100000,         # drain, history
+    'HELD_EVENTS': 50000,           # held_snapshot (its drain slows down quadratically)
+    'FANOUT_EVENTS': 10000,         # x FANOUT_ENDPOINTS
+    'FANOUT_ENDPOINTS': 10,
+    'LATENCY_SECONDS': 10,          # per rate and run
+    'DEAD_EVENTS': 1000,
+    'DEAD_SECONDS': 10,             # per window
+    'LEDGER_SECONDS': 10,           # per pgbench run
+    'LEDGER_CLIENTS': 8,
+    'HISTORY_EVENTS': 10000000,
+    'MEMORY_DELIVERIES': 1000000,
+    'CEILING_SECONDS': 5,
+}
+for _key in SIZES:
+    SIZES[_key] = int(os.environ.get('BENCH_' + _key, SIZES[_key]))
+
+
+def row(scenario, metric, unit, target, values, better, limit, note=''):
+    """One line of the results: met is judged on the median against limit
+    (None when there is no target)."""
+    m = median(values)
+    if limit is None:
+        met = None
+    elif better == 'higher':
+        met = m >= limit
+    else:
+        met = m <= limit
+    return {'scenario': scenario, 'metric': metric, 'unit': unit, 'target': target,
+            'values': values, 'median': m, 'met': met, 'note': note}
+
+
+# --- shared steps -------------------------------------------------------------
+
+def emit_dispatched(b, count, event_type='journal_entry.posted'):
+    """Emit count events in one transaction and wait until the worker has
+    dispatched them (its cursor has moved past that transaction). Returns
+    the server time just before the transaction."""
+    conn = b.pg.connect()
+    since = b.now()
+    cur = conn.cursor()
+    cur.execute('BEGIN')
+    cur.execute('SELECT count(webhook.emit(%s, public.bench_payload(i))) '
+                'FROM generate_series(1, %s) AS i', (event_type, count))
+    cur.execute('SELECT pg_current_xact_id()')
+    xid = cur.fetchone()[0]
+    cur.execute('COMMIT')
+    conn.close()
+    wait_until(lambda: b.one('SELECT pg_visible_in_snapshot(%s::xid8, snapshot) '
+                             'FROM webhook.dispatch_cursor', (xid,)),
+               120, 0.1, 'the worker to dispatch the events')
+    return since
+
+
+def drain_once(b, endpoint, count, before_start=None):
+    """The backlog drain: emit count events while the endpoint is disabled
+    (dispatch skips it), enable it, then time from the commit of
+    webhook.replay (which queues the count deliveries, due now, and wakes
+    the worker) until the last one succeeded. Returns deliveries/s."""
+    b.set_enabled(endpoint, False)
+    since = emit_dispatched(b, count)
+    b.set_enabled(endpoint, True)
+    b.vacuum()
+    if before_start:
+        before_start()
+    start_requests = b.nginx.requests()
+    before = b.worker_counters()
+    queued = b.one('SELECT webhook.replay(%s, %s)', (endpoint, since))
+    t0 = time.time()
+    if queued != count:
+        raise RuntimeError('replay queued %d deliveries, expected %d' % (queued, count))
+    rate = b.timed_drain([endpoint], count, t0, since, start_requests)
+    b.note_worker_cost(before, count)
+    return rate
+
+
+def warm_up(b, endpoints, count=2000):
+    """An untimed round so that connections and caches are warm."""
+    start_requests = b.nginx.requests()
+    b.emit(count)
+    b.wait_drained(endpoints, count * len(endpoints), start_requests)
+
+
+def drive(b, rate, seconds, event_type='journal_entry.posted'):
+    """Emit events one transaction each at a steady rate (open loop, several
+    connections so a slow commit does not delay the next), noting the time
+    each COMMIT returned; then collect arrival times from the receiver.
+    Returns sorted latencies in ms (arrival - commit) and the rate achieved."""
+    threads = max(1, rate // 200)
+    per_thread = [[] for _ in range(threads)]
+    start = time.time() + 0.3
+    end = start + seconds
+    b.receiver.arrivals()           # forget earlier arrivals
+
+    def run(k):
+        conn = b.pg.connect()
+        cur = conn.cursor()
+        interval = threads / rate
+        t_next = start + k / rate
+        i = k
+        while t_next < end:
+            delay = t_next - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            cur.execute('SELECT webhook.emit(%s, %s::jsonb)', (event_type, json.dumps(payload(i))))
+            event_id = cur.fetchone()[0]
+            per_thread[k].append((event_id, time.time()))
+            t_next += interval
+            i += threads
+        conn.close()
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    commits = [c for lst in per_thread for c in lst]
+    arrived = {}
+
+    def all_arrived():
+        arrived.update(b.receiver.arrivals())
+        return all(event_id in arrived for event_id, _ in commits)
+
+    wait_until(all_arrived, 60, 0.2, 'every event to reach the receiver')
+    latencies = sorted((arrived[event_id] - t) * 1000.0 for event_id, t in commits)
+    return latencies, len(commits) / seconds
+
+
+# --- scenarios ----------------------------------------------------------------
+
+def scenario_ceiling(b, runs, context):
+    """wrk POSTing a delivery-sized request to the same nginx: what the
+    receiver itself can take, with one endpoint's connections (16) and with
+    all of the worker's (64)."""
+    body = json.dumps({'id': '019ab2c3-0000-7000-8000-000000000000',
+                       'type': 'journal_entry.posted',
+                       'timestamp': '2026-11-24T10:00:00.123456Z', 'data': payload(1)},
+                      separators=(',', ':'))
+    script = os.path.join(b.root, 'post.lua')
+    with open(script, 'w') as f:
+        f.write('wrk.method = "POST"\n'
+                'wrk.body = %s\n'
+                'wrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.headers["User-Agent"] = "webhook_outbox/0.1"\n'
+                'wrk.headers["X-Webhook-Event"] = "journal_entry.posted"\n'
+                'wrk.headers["X-Webhook-Signature"] = "sha256=" .. string.rep("a", 64)\n'
+                'wrk.headers["webhook-id"] = "019ab2c3-0000-7000-8000-000000000000"\n'
+                'wrk.headers["webhook-timestamp"] = "1764000000"\n'
+                'wrk.headers["webhook-signature"] = "v1," .. string.rep("A", 43) .. "="\n'
+                % json.dumps(body))
+    rows = []
+    for connections in (16, 64):
+        values = []
+        for _ in range(runs):
+            out = subprocess.run(['wrk', '-t1', '-c%d' % connections,
+                                  '-d%ds' % SIZES['CEILING_SECONDS'], '-s', script, b.nginx.url(0)],
+                                 check=True, capture_output=True, text=True).stdout
+            values.append(float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1)))
+        rows.append(row('ceiling', 'wrk -t1 -c%d POST, nginx return 204' % connections, 'req/s',
+                        'reference', values, 'higher', None))
+    context['ceiling'] = rows[0]['median']
+    context['ceiling64'] = rows[1]['median']
+    return rows
+
+
+def scenario_drain(b, runs, context):
+    """A backlog of DRAIN_EVENTS deliveries to one endpoint."""
+    n = SIZES['DRAIN_EVENTS']
+    endpoint = b.create_endpoint(b.nginx.url(0))
+    warm_up(b, [endpoint])
+    values = []
+    for r in range(runs):
+        values.append(drain_once(b, endpoint, n))
+        log('drain run %d: %.0f deliveries/s' % (r + 1, values[-1]))
+    b.delete_endpoints()
+    context['drain'] = median(values)
+    note = ''
+    if context.get('ceiling'):
+        note = '%.0f%% of the receiver\'s own ceiling (wrk, 16 connections)' % (
+            100.0 * median(values) / context['ceiling'])
+    return [row('drain', 'backlog of %d to one endpoint' % n, 'deliveries/s', '>= 20000',
+                values, 'higher', 20000, note)]
+
+
+def scenario_fanout(b, runs, context):
+    """FANOUT_EVENTS events, each to FANOUT_ENDPOINTS endpoints (nginx ports);
+    timed from the commit of the emitting transaction, so dispatch counts."""
+    n, k = SIZES['FANOUT_EVENTS'], SIZES['FANOUT_ENDPOINTS']
+    endpoints = [b.create_endpoint(b.nginx.url(i % len(b.nginx.ports))) for i in range(k)]
+    warm_up(b, endpoints, 200)
+    values = []
+    for r in range(runs):
+        b.vacuum()
+        start_requests = b.nginx.requests()
+        since = b.emit(n)
+        t0 = time.time()
+        values.append(b.timed_drain(endpoints, n * k, t0, since, start_requests))
+        log('fanout run %d: %.0f deliveries/s' % (r + 1, values[-1]))
+    b.delete_endpoints()
+    return [row('fanout', '%d events x %d endpoints, from commit' % (n, k), 'deliveries/s',
+                '>= 20000', values, 'higher', 20000)]
+
+
+def scenario_latency(b, runs, context):
+    """Commit -> arrival at a steady 100 and 1,000 events/s."""
+    endpoint = b.create_endpoint(b.receiver.url())
+    drive(b, 100, 2)                # warm-up
+    seconds = SIZES['LATENCY_SECONDS']
+    results = {100: ([], [], []), 1000: ([], [], [])}
+    for r in range(runs):
+        for rate in (100, 1000):
+            latencies, achieved = drive(b, rate, seconds)
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            results[rate][0].append(p50)
+            results[rate][1].append(p99)
+            results[rate][2].append(latencies[-1])
+            log('latency run %d at %d/s (achieved %.0f/s): p50 %.2f ms, p99 %.2f ms, max %.2f ms'
+                % (r + 1, rate, achieved, p50, p99, latencies[-1]))
+    b.delete_endpoints()
+    rows = []
+    for rate in (100, 1000):
+        p50s, p99s, maxes = results[rate]
+        rows.append(row('latency', 'p50 commit->arrival at %d/s' % rate, 'ms', '<= 2',
+                        p50s, 'lower', 2.0))
+        rows.append(row('latency', 'p99 commit->arrival at %d/s' % rate, 'ms', '<= 10',
+                        p99s, 'lower', 10.0, 'max of each run: %s ms' % ', '.join(
+                            '%.1f' % m for m in maxes)))
+    return rows
+
+
+def scenario_dead_endpoint(b, runs, context):
+    """A healthy endpoint's latency at 100 events/s, alone, then while
+    another endpoint accepts connections and never answers with DEAD_EVENTS
+    deliveries queued for it (they time out after webhook.timeout)."""
+    seconds = SIZES['DEAD_SECONDS']
+    healthy = b.create_endpoint(b.receiver.url(), ['journal_entry.posted'])
+    drive(b, 100, 2)
+    baseline = []
+    for r in range(runs):
+        latencies, _ = drive(b, 100, seconds)
+        baseline.append(percentile(latencies, 99))
+        log('dead_endpoint baseline run %d: p99 %.2f ms' % (r + 1, baseline[-1]))
+    dead = b.create_endpoint(b.receiver.url(silent=True), ['period.closed'])
+    emit_dispatched(b, SIZES['DEAD_EVENTS'], 'period.closed')
+    time.sleep(1)
+    with_dead = []
+    for r in range(runs):
+        latencies, _ = drive(b, 100, seconds)
+        with_dead.append(percentile(latencies, 99))
+        log('dead_endpoint run %d with the dead endpoint: p99 %.2f ms' % (r + 1, with_dead[-1]))
+    stuck = b.one("SELECT count(*) FROM webhook.delivery_log WHERE endpoint_id = %s "
+                  "AND status = 'pending'", (dead,))
+    timeout = b.one('SHOW webhook.timeout')
+    b.delete_endpoints()
+    ratio = median(with_dead) / median(baseline)
+    return [
+        row('dead_endpoint', 'healthy p99 at 100/s, alone', 'ms', 'baseline', baseline,
+            'lower', None),
+        row('dead_endpoint', 'healthy p99 at 100/s, dead endpoint with %d queued'
+            % SIZES['DEAD_EVENTS'], 'ms', '<= 2x baseline', with_dead, 'lower',
+            2 * median(baseline),
+            'ratio of medians %.2f; %d deliveries to the dead endpoint still pending at the end '
+            '(webhook.timeout %s)' % (ratio, stuck, timeout)),
+    ]
+
+
+def scenario_held_snapshot(b, runs, context):
+    """The drain with a REPEATABLE READ transaction held open (idle) in
+    another session, alternating with the plain drain."""
+    n = SIZES['HELD_EVENTS']
+    endpoint = b.create_endpoint(b.nginx.url(0))
+    warm_up(b, [endpoint])
+    baseline, held = [], []
+    for r in range(runs):
+        baseline.append(drain_once(b, endpoint, n))
+        holder = psycopg2.connect(**b.pg.dsn())
+        holder.set_session(isolation_level='REPEATABLE READ')
+
+        def hold():
+            holder.cursor().execute('SELECT 1')     # takes the snapshot; stays idle in transaction
+        try:
+            held.append(drain_once(b, endpoint, n, before_start=hold))
+        finally:
+            holder.rollback()
+            holder.close()
+        log('held_snapshot run %d: %.0f/s plain, %.0f/s with the snapshot held'
+            % (r + 1, baseline[-1], held[-1]))
+    b.delete_endpoints()
+    ratio = median(held) / median(baseline)
+    return [
+        row('held_snapshot', 'drain of %d, plain (alternated)' % n, 'deliveries/s', 'baseline',
+            baseline, 'higher', None),
+        row('held_snapshot', 'drain of %d, REPEATABLE READ held open' % n, 'deliveries/s',
+            '>= 90% of baseline', held, 'higher', 0.9 * median(baseline),
+            '%.0f%% of baseline' % (100 * ratio)),
+    ]
+
+
+def build_history(b, events):
+    """events old events, each with one succeeded delivery and its attempt,
+    inserted directly (as the superuser) in batches of a million over two
+    connections, then VACUUM ANALYZE."""
+    gone = b.create_endpoint('http://127.0.0.1:9/old')
+    b.sql('SELECT webhook.delete_webhook(%s)', (gone,))
+    payload_json = json.dumps(payload(0))     # one payload for all: building each is slow
+    # Ids of transactions that ended before the history was written: never
+    # "new" to dispatch.
+    top = b.one('SELECT pg_current_xact_id()::text::bigint')
+    batch = 1000000
+    batches = [(start, min(events, start + batch - 1)) for start in range(1, events + 1, batch)]
+    errors = []
+
+    def insert(first, last):
+        conn = b.pg.connect()
+        cur = conn.cursor()
+        cur.execute('BEGIN')
+        cur.execute("""
+            CREATE TEMP TABLE batch ON COMMIT DROP AS
+            SELECT webhook.uuid_v7() AS id,
+                   now() - interval '29 days' + (i::float8 / %(n)s) * interval '28 days' AS created_at,
+                   (3 + i %% (%(top)s - 3))::text::xid8 AS txid
+              FROM generate_series(%(a)s, %(b)s) AS i""",
+                    {'n': events, 'a': first, 'b': last, 'top': top})
+        cur.execute("""
+            INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid)
+            SELECT id, 'journal_entry.posted', %s::jsonb, created_at, txid FROM batch""",
+                    (payload_json,))
+        cur.execute("""
+            INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, status, attempts,
+                                              last_status_code, next_attempt_at, succeeded_at, created_at)
+            SELECT id, %s, 'journal_entry.posted', 'succeeded', 1, 204, NULL,
+                   created_at + interval '40 ms', created_at FROM batch""", (gone,))
+        cur.execute("""
+            INSERT INTO webhook.attempt_log (event_id, endpoint_id, attempt, started_at, duration_ms,
+                                             status_code, error, response_body, manual)
+            SELECT id, %s, 1, created_at + interval '35 ms', 4.2, 204, NULL, '', false FROM batch""",
+                    (gone,))
+        cur.execute('COMMIT')
+        conn.close()
+        log('history: events %d to %d inserted' % (first, last))
+
+    def stream(k):
+        try:
+            for first, last in batches[k::2]:
+                insert(first, last)
+        except Exception as e:          # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    b.sql('VACUUM ANALYZE webhook.event_log, webhook.delivery_log, webhook.attempt_log')
+
+
+def scenario_history(b, runs, context):
+    """The drain before and after HISTORY_EVENTS events of history (each
+    with its delivery and attempt) are present."""
+    n, events = SIZES['DRAIN_EVENTS'], SIZES['HISTORY_EVENTS']
+    endpoint = b.create_endpoint(b.nginx.url(0))
+    warm_up(b, [endpoint])
+    baseline, with_history = [], []
+    for r in range(runs):
+        baseline.append(drain_once(b, endpoint, n))
+        log('history baseline run %d: %.0f/s' % (r + 1, baseline[-1]))
+    started = time.time()
+    b.set_enabled(endpoint, False)
+    build_history(b, events)
+    b.set_enabled(endpoint, True)
+    built = time.time() - started
+    sizes = b.one("SELECT pg_size_pretty(sum(pg_total_relation_size(c))) FROM unnest("
+                  "ARRAY['webhook.event_log', 'webhook.delivery_log', 'webhook.attempt_log']::regclass[]) AS c")
+    for r in range(runs):
+        with_history.append(drain_once(b, endpoint, n))
+        log('history run %d with history: %.0f/s' % (r + 1, with_history[-1]))
+    b.delete_endpoints()
+    ratio = median(with_history) / median(baseline)
+    return [
+        row('history', 'drain of %d, empty history' % n, 'deliveries/s', 'baseline', baseline,
+            'higher', None),
+        row('history', 'drain of %d, %d events of history' % (n, events), 'deliveries/s',
+            '>= 90% of baseline', with_history, 'higher', 0.9 * median(baseline),
+            '%.0f%% of baseline; history (%d events + deliveries + attempts, %s with indexes) '
+            'built in %.0f s, then VACUUM ANALYZE' % (100 * ratio, events, sizes, built)),
+    ]
+
+
+def scenario_memory(b, runs, context):
+    """MEMORY_DELIVERIES deliveries: events to all FANOUT_ENDPOINTS endpoints,
+    so every one of webhook.concurrency's slots is busy, emitted in
+    transactions of 10,000 events while the worker drains; the worker's
+    memory and open files are sampled every half second. Run once: the
+    figures are peaks, not rates."""
+    total, k = SIZES['MEMORY_DELIVERIES'], SIZES['FANOUT_ENDPOINTS']
+    events = total // k
+    endpoints = [b.create_endpoint(b.nginx.url(i % len(b.nginx.ports))) for i in range(k)]
+    warm_up(b, endpoints, 200)
+    pid = b.worker_pid()
+    concurrency = int(b.one('SHOW webhook.concurrency'))
+    sampler = Sampler(pid)
+    sampler.start()
+    b.vacuum()
+    start_requests = b.nginx.requests()
+    since = b.now()
+    t0 = time.time()
+    emitted = 0
+    while emitted < events:
+        count = min(10000, events - emitted)
+        b.emit(count)
+        emitted += count
+    rate = b.timed_drain(endpoints, events * k, t0, since, start_requests)
+    sampler.stop()
+    b.delete_endpoints()
+    peak = sampler.peak
+    mb = 1024.0
+    note = ('VmHWM %.1f MB, RssFile %.1f MB (mapped binaries and libraries), RssShmem %.1f MB '
+            '(shared buffers the worker touched); %d samples; %.0f deliveries/s from the first '
+            'emit to the last delivery' % (peak['VmHWM'] / mb, peak['RssFile'] / mb,
+                                             peak['RssShmem'] / mb, sampler.samples, rate))
+    return [
+        row('memory', 'worker private memory (RssAnon), %d deliveries to %d endpoints'
+            % (events * k, k), 'MB', '<= 64', [peak['RssAnon'] / mb], 'lower', 64, note),
+        row('memory', 'worker VmRSS (counts shared buffers too)', 'MB', 'see note',
+            [peak['VmRSS'] / mb], 'lower', None),
+        row('memory', 'worker open files (webhook.concurrency = %d)' % concurrency, 'fds',
+            '<= %d' % (concurrency + 32), [peak['fds']], 'lower', concurrency + 32),
+    ]
+
+
+def pgbench(b, schema, seconds, clients):
+    env = b.pg.env(PGOPTIONS='-c search_path=%s' % schema)
+    out = subprocess.run([os.path.join(PG_BINDIR, 'pgbench'), '-n', '-M', 'prepared',
+                          '-c', str(clients), '-j', '2', '-T', str(seconds),
+                          '-f', os.path.join(HERE, 'ledger.pgbench')],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return float(re.search(r'tps = ([\d.]+) \(without initial connection time\)', out).group(1))
+
+
+def scenario_ledger(b, runs, context):
+    """pgbench: a journal entry with two lines, posted. Alternates three
+    variants: no trigger; the emitting trigger with the endpoint disabled
+    (what the ledger's transaction itself pays); the trigger with the
+    endpoint enabled, so the worker delivers every event on the same two
+    cores meanwhile (the whole cost, the figure the target is about)."""
+    seconds, clients = SIZES['LEDGER_SECONDS'], SIZES['LEDGER_CLIENTS']
+    with open(os.path.join(HERE, 'ledger.sql')) as f:
+        b.sql(f.read())
+    b.sql('VACUUM ANALYZE')
+    endpoint = b.create_endpoint(b.nginx.url(0), ['journal_entry.posted'])
+    pid = b.worker_pid()
+    for schema in ('ledger_plain', 'ledger_outbox'):  # warm-up
+        pgbench(b, schema, 3, clients)
+    plain, emit_only, outbox, worker_cpu, backlog = [], [], [], [], []
+
+    def settle():
+        wait_until(lambda: b.pending([endpoint]) == 0, 300, 0.5, 'the worker to catch up')
+        b.sql('CHECKPOINT')
+
+    for r in range(runs):
+        settle()
+        plain.append(pgbench(b, 'ledger_plain', seconds, clients))
+        b.set_enabled(endpoint, False)
+        settle()
+        emit_only.append(pgbench(b, 'ledger_outbox', seconds, clients))
+        b.set_enabled(endpoint, True)
+        settle()
+        cpu = process_cpu_seconds(pid)
+        outbox.append(pgbench(b, 'ledger_outbox', seconds, clients))
+        worker_cpu.append(100.0 * (process_cpu_seconds(pid) - cpu) / seconds)
+        backlog.append(b.pending([endpoint]))
+        log('ledger run %d: %.0f tps plain, %.0f emitting only, %.0f emitting and delivering '
+            '(worker %.0f%% of a core)' % (r + 1, plain[-1], emit_only[-1], outbox[-1], worker_cpu[-1]))
+    settle()
+    b.delete_endpoints()
+    base = median(plain)
+    return [
+        row('ledger', 'pgbench TPS, no trigger (%d clients, alternated)' % clients, 'tps',
+            'baseline', plain, 'higher', None),
+        row('ledger', 'pgbench TPS, emit_trigger, endpoint disabled', 'tps',
+            '>= 95% of baseline', emit_only, 'higher', 0.95 * base,
+            'ratio of medians %.3f: the cost inside the ledger transaction' % (median(emit_only) / base)),
+        row('ledger', 'pgbench TPS, emit_trigger, every event delivered meanwhile', 'tps',
+            '>= 95% of baseline', outbox, 'higher', 0.95 * base,
+            'ratio of medians %.3f; the worker used %.0f%% of a core; pending at the end of each '
+            'run: %s' % (median(outbox) / base, median(worker_cpu),
+                         ', '.join(str(x) for x in backlog))),
+    ]
+
+
+# Run order for "all": history last (it leaves 10 million rows behind),
+# memory before it (it is long and needs no baseline).
+SCENARIOS = {
+    'ceiling': scenario_ceiling,
+    'drain': scenario_drain,
+    'fanout': scenario_fanout,
+    'latency': scenario_latency,
+    'dead_endpoint': scenario_dead_endpoint,
+    'ledger': scenario_ledger,
+    'held_snapshot': scenario_held_snapshot,
+    'memory': scenario_memory,
+    'history': scenario_history,
+}
