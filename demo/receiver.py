@@ -29,10 +29,12 @@ import hmac
 import http.server
 import json
 import os
-import signal
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../test'))
+from serving import serve  # noqa: E402
 
 TOLERANCE_SECONDS = 5 * 60          # Standard Webhooks: reject older/newer
 
@@ -186,16 +188,7 @@ def main():
         failures[path] = int(count)
 
     server = Receiver(args.port, args.secrets, failures, args.stats)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write("%d\n" % server.server_address[1])
-        os.replace(args.port_file + ".tmp", args.port_file)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(server, args.port_file)
 
 
 if __name__ == "__main__":

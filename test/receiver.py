@@ -24,12 +24,13 @@ import http.server
 import json
 import os
 import select
-import signal
 import socket
 import ssl
 import sys
 import threading
 import time
+
+from serving import serve
 
 HANG_SECONDS = 600
 
@@ -158,17 +159,7 @@ def main():
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key)
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-    if args.port_file:
-        # Write then rename, so a reader never sees a partial port number.
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write("%d\n" % server.server_address[1])
-        os.replace(args.port_file + ".tmp", args.port_file)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(server, args.port_file)
 
 
 if __name__ == "__main__":

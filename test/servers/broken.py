@@ -24,13 +24,15 @@ Usage: broken.py [--port N] [--port-file FILE] [--log FILE]
 import argparse
 import json
 import os
-import signal
 import socket
 import socketserver
 import struct
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from serving import serve  # noqa: E402
 
 MAX_SECONDS = 600                   # no misbehaviour lasts longer than this
 
@@ -165,16 +167,7 @@ def main():
     args = parser.parse_args()
 
     server = Server(args.port, args.log)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write("%d\n" % server.server_address[1])
-        os.replace(args.port_file + ".tmp", args.port_file)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(server, args.port_file)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ import http.client
 import http.server
 import json
 import os
-import signal
 import sys
 import threading
 import time
 import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from serving import serve  # noqa: E402
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
               "te", "trailer", "transfer-encoding", "upgrade"}
@@ -101,16 +103,7 @@ def main():
     args = parser.parse_args()
 
     server = Proxy(args.port, args.log)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write("%d\n" % server.server_address[1])
-        os.replace(args.port_file + ".tmp", args.port_file)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(server, args.port_file)
 
 
 if __name__ == "__main__":
