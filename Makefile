@@ -33,7 +33,7 @@ SHLIB_LINK  = $(shell $(PKG_CONFIG) --libs libcurl libcrypto 2>/dev/null)
 # preloads the library (the worker then waits on a database without the
 # extension, so it cannot disturb the expected output).
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/webhook_outbox--%,$(wildcard sql/*.sql))))
-REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
+REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=$(srcdir)/test/regress.conf --encoding=UTF8
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
