@@ -10,7 +10,6 @@ Everything runs as the calling user (bench/run makes that an unprivileged
 one) and lives in one temporary directory removed at the end.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -540,6 +539,3 @@ def process_cpu_seconds(pid):
     rest = text[text.rfind(')') + 2:].split()
     return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
 
-
-def json_dump(value):
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
