@@ -21,7 +21,6 @@ Usage: receiver.py [--port N] [--port-file FILE] [--log FILE]
 import argparse
 import collections
 import http.server
-import json
 import os
 import select
 import socket
@@ -30,7 +29,7 @@ import sys
 import threading
 import time
 
-from serving import serve
+from serving import record_request, serve
 
 HANG_SECONDS = 600
 
@@ -131,18 +130,7 @@ class Receiver(http.server.ThreadingHTTPServer):
             return self.counts[path]
 
     def record(self, handler, body):
-        if self.log_file is None:
-            return
-        line = json.dumps({
-            "method": handler.command,
-            "path": handler.path,
-            "headers": {k.lower(): v for k, v in handler.headers.items()},
-            "body": body.decode("utf-8", errors="replace"),
-            "received_at": time.time(),
-        })
-        with self.lock:
-            self.log_file.write(line + "\n")
-            self.log_file.flush()
+        record_request(self.log_file, self.lock, handler, body)
 
 
 def main():

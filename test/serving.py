@@ -1,12 +1,31 @@
-"""test/serving.py: the end of every test and demo HTTP server's main().
+"""test/serving.py: what the test and demo HTTP servers share.
 
-Exits at once on SIGTERM, writes the bound port where the caller waits
-for it (write then rename, so a reader never sees a partial number), and
-serves until stopped.
+serve() ends each server's main(): it exits at once on SIGTERM, writes the
+bound port where the caller waits for it (write then rename, so a reader
+never sees a partial number), and serves until stopped. record_request()
+appends a request to the JSON-lines log the TAP tests read.
 """
 
+import json
 import os
 import signal
+import time
+
+
+def record_request(log_file, lock, handler, body):
+    """Append one JSON line describing handler's request to log_file, if any."""
+    if log_file is None:
+        return
+    line = json.dumps({
+        "method": handler.command,
+        "path": handler.path,
+        "headers": {k.lower(): v for k, v in handler.headers.items()},
+        "body": body.decode("utf-8", errors="replace"),
+        "received_at": time.time(),
+    })
+    with lock:
+        log_file.write(line + "\n")
+        log_file.flush()
 
 
 def serve(server, port_file=None):

@@ -13,15 +13,13 @@ Usage: proxy.py [--port N] [--port-file FILE] [--log FILE]
 import argparse
 import http.client
 import http.server
-import json
 import os
 import sys
 import threading
-import time
 import urllib.parse
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from serving import serve  # noqa: E402
+from serving import record_request, serve  # noqa: E402
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
               "te", "trailer", "transfer-encoding", "upgrade"}
@@ -81,18 +79,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
 
     def record(self, handler, body):
-        if self.log_file is None:
-            return
-        line = json.dumps({
-            "method": handler.command,
-            "path": handler.path,
-            "headers": {k.lower(): v for k, v in handler.headers.items()},
-            "body": body.decode("utf-8", errors="replace"),
-            "received_at": time.time(),
-        })
-        with self.lock:
-            self.log_file.write(line + "\n")
-            self.log_file.flush()
+        record_request(self.log_file, self.lock, handler, body)
 
 
 def main():
