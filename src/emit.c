@@ -210,7 +210,6 @@ webhook_uuid_v7(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 
-	(void) fcinfo;
 	emit_make_uuid_v7(id, GetCurrentTimestamp());
 	PG_RETURN_UUID_P(id);
 }

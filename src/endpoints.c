@@ -212,7 +212,6 @@ webhook_generate_secret(PG_FUNCTION_ARGS)
 	unsigned char raw[ENDPOINTS_SECRET_BYTES];
 	char		secret[6 + 4 * ((ENDPOINTS_SECRET_BYTES + 2) / 3) + 1];
 
-	(void) fcinfo;
 	if (!pg_strong_random(raw, sizeof(raw)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

@@ -51,7 +51,6 @@ typedef struct HttpSocket
 } HttpSocket;
 
 static CURLM *http_multi = NULL;
-static int	http_added = 0;		/* handles added and not yet taken off */
 static int	http_request_limit = 64;	/* webhook.concurrency, bounded by files */
 static long http_timer_ms = -1;	/* what curl last asked for; -1 = none */
 static TimestampTz http_timer_set_at = 0;
@@ -104,9 +103,6 @@ http_socket_callback(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 	int			i = http_socket_index(fd);
 	uint32		events = 0;
 
-	(void) easy;
-	(void) userp;
-	(void) socketp;
 
 	if (what == CURL_POLL_REMOVE)
 	{
@@ -147,8 +143,6 @@ http_socket_callback(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 static int
 http_timer_callback(CURLM *multi, long timeout_ms, void *userp)
 {
-	(void) multi;
-	(void) userp;
 	http_timer_ms = timeout_ms;
 	http_timer_set_at = GetCurrentTimestamp();
 	return 0;
@@ -189,7 +183,6 @@ http_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr
 {
 	Delivery   *delivery = (Delivery *) clientp;
 
-	(void) purpose;
 	if (!delivery->via_proxy &&
 		!address_allowed(&address->addr, delivery->blocked_reason,
 						 sizeof(delivery->blocked_reason)))
@@ -427,7 +420,6 @@ http_start(Delivery *delivery)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not start a delivery: %s", curl_multi_strerror(rc))));
-	http_added++;
 	MemoryContextSwitchTo(caller);
 }
 
@@ -441,15 +433,6 @@ int
 http_max_in_flight(void)
 {
 	return http_request_limit;
-}
-
-/*
- * How many requests curl is working on.
- */
-int
-http_in_flight(void)
-{
-	return http_added;
 }
 
 /*
@@ -495,7 +478,7 @@ http_wait(long timeout_ms, uint32 wait_event_info)
 {
 	WaitEvent	events[64];
 	int			count;
-	int			running;		/* curl's count; ours is http_added */
+	int			running;		/* curl's count; worker.c keeps its own */
 	bool		latch_set = false;
 
 	if (http_timer_ms >= 0)
@@ -637,7 +620,6 @@ http_next_completed(void)
 		delivery->easy = NULL;
 		curl_slist_free_all(delivery->headers);
 		delivery->headers = NULL;
-		http_added--;
 		MemoryContextSwitchTo(caller);
 		return delivery;
 	}

@@ -34,6 +34,8 @@ static WebhookShared *wakeup_shared = NULL;
 static bool wakeup_emitted_in_xact = false;
 static bool wakeup_callback_registered = false;
 
+static void wakeup_shmem_startup(void);
+
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type wakeup_prev_shmem_request_hook = NULL;
 #endif
@@ -62,14 +64,14 @@ webhook_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WebhookShared)));
 #endif
 	wakeup_prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = webhook_shmem_startup;
+	shmem_startup_hook = wakeup_shmem_startup;
 }
 
 /*
  * Create or attach to the shared state.
  */
-void
-webhook_shmem_startup(void)
+static void
+wakeup_shmem_startup(void)
 {
 	bool		found;
 
@@ -111,7 +113,6 @@ webhook_wake(void)
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
 {
-	(void) arg;
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
@@ -187,7 +188,6 @@ PG_FUNCTION_INFO_V1(webhook_wake_worker);
 Datum
 webhook_wake_worker(PG_FUNCTION_ARGS)
 {
-	(void) fcinfo;
 	webhook_note_emitted();
 	PG_RETURN_VOID();
 }

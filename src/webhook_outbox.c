@@ -139,7 +139,6 @@ guc_assign_retry_schedule(const char *newval, void *extra)
 {
 	RetrySchedule *schedule = (RetrySchedule *) extra;
 
-	(void) newval;
 	webhook_retry_count = schedule->count;
 	memcpy(webhook_retry_delays_ms, schedule->delays_ms,
 		   sizeof(int) * schedule->count);

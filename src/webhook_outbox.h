@@ -43,7 +43,6 @@ extern int	webhook_retry_count;
 
 /* wakeup.c: shared state and the commit-time wake-up of the worker */
 extern void webhook_shmem_request(void);
-extern void webhook_shmem_startup(void);
 extern void webhook_note_emitted(void);
 extern void webhook_wake(void);
 extern void webhook_worker_attach(void);

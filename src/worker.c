@@ -172,7 +172,6 @@ webhook_launcher_main(Datum main_arg)
 	BackgroundWorkerHandle *handle = NULL;
 	TimestampTz last_launch = 0;
 
-	(void) main_arg;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
@@ -511,8 +510,6 @@ worker_free_slots(TimestampTz now)
 static void
 worker_on_exit(int code, Datum arg)
 {
-	(void) code;
-	(void) arg;
 	webhook_worker_detach();
 	http_shutdown();
 }
