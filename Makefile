@@ -50,6 +50,10 @@ PROVE_FLAGS = -I $(srcdir)/test/lib
 
 # -Wextra (as CI builds) also fires on PostgreSQL's own headers for these two.
 override CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
+
+# Our headers define shared structs (Delivery): rebuild every object when
+# one changes, or a stale object reads the struct at old offsets.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 else
 all install installcheck:
 	@echo "PostgreSQL's server development files are missing: 'make test' or 'make demo' installs them" >&2

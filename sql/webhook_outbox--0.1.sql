@@ -54,6 +54,7 @@ CREATE TABLE webhook.endpoints (
     disabled_at         timestamptz,
     disabled_reason     text,
     failing_since       timestamptz,        -- first failure since the last success
+    last_failure_at     timestamptz,        -- latest failure since then (probe pacing)
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -109,7 +110,10 @@ CREATE TABLE webhook.delivery_log (
 );
 -- The worker takes due deliveries endpoint by endpoint (so that one
 -- endpoint's backlog never hides another's): pending rows by endpoint.
-CREATE INDEX delivery_log_pending_idx ON webhook.delivery_log (endpoint_id, next_attempt_at)
+-- event_id makes the order total, so the worker can resume a scan after
+-- the last row it took (see due_deliveries).
+CREATE INDEX delivery_log_pending_idx
+    ON webhook.delivery_log (endpoint_id, next_attempt_at, event_id)
     WHERE status = 'pending';
 CREATE INDEX delivery_log_created_at_idx ON webhook.delivery_log (created_at);
 
@@ -376,6 +380,11 @@ BEGIN
 END
 $$;
 
+-- Wakes the worker when the calling transaction commits, to look at the
+-- deliveries it made due (they may sit behind the worker's position).
+CREATE FUNCTION webhook.wake_worker() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'webhook_wake_worker';
+
 -- Parks or resumes an endpoint's pending deliveries as it is disabled or
 -- enabled, so that the worker never scans deliveries it may not send.
 CREATE FUNCTION webhook.park_pending(endpoint_id uuid, parked boolean) RETURNS void
@@ -388,6 +397,7 @@ BEGIN ATOMIC
      WHERE d.endpoint_id = park_pending.endpoint_id
        AND d.status = 'pending'
        AND (park_pending.parked OR d.next_attempt_at = 'infinity');
+    SELECT webhook.wake_worker() WHERE NOT park_pending.parked;
 END;
 
 CREATE FUNCTION webhook.update_webhook(
@@ -453,6 +463,7 @@ BEGIN
                            WHEN v_was THEN 'disabled by ' || session_user
                            ELSE e.disabled_reason END,
         failing_since = CASE WHEN update_webhook.enabled THEN NULL ELSE e.failing_since END,
+        last_failure_at = CASE WHEN update_webhook.enabled THEN NULL ELSE e.last_failure_at END,
         updated_at  = now()
      WHERE e.id = v_id;
 
@@ -611,9 +622,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION webhook.wake_worker() RETURNS void
-    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'webhook_wake_worker';
-
 -- ---------------------------------------------------------------------------
 -- The worker's queue operations (called by the delivery worker only)
 -- ---------------------------------------------------------------------------
@@ -674,21 +682,40 @@ BEGIN
 END
 $$;
 
--- Due deliveries with everything needed to send them, at most per_endpoint
--- in flight to any one endpoint (busy_* lists those in flight now) -- one
--- while the endpoint is failing, a circuit breaker that keeps dead
--- endpoints from filling the slots of healthy ones --, oldest first. Taken endpoint by endpoint so that one endpoint's backlog cannot
--- hide another's due work.
+-- Due deliveries with everything needed to send them, oldest first, at
+-- most per_endpoint taken for any one endpoint (busy_* lists those the
+-- worker holds now). Taken endpoint by endpoint so that one endpoint's
+-- backlog cannot hide another's due work.
+--
+-- after_* is the worker's position in each endpoint's queue: the last
+-- (next_attempt_at, event_id) it took. The scan starts after it instead of
+-- at the oldest pending row, because the index keeps an entry for every
+-- version of every delivery that was pending; while any snapshot older
+-- than them is open (a long report, a REPEATABLE READ transaction, a
+-- pg_dump) those entries cannot be removed, and a scan from the start
+-- would read all of them each time, ever more as the queue drains. The
+-- worker forgets its positions whenever rows may have become due behind
+-- them (see worker.c).
+--
+-- A failing endpoint is a circuit breaker's half-open state: one request
+-- at a time, so dead endpoints cannot fill the slots of healthy ones, and
+-- paced: the next probe waits a tenth of how long the endpoint has been
+-- failing, up to a second. A flaky endpoint is tried again at once; one
+-- that is down costs about one attempt a second, however fast the worker
+-- runs, and its first success lifts the limit.
 --
 -- No SET clause: without one the planner inlines this into the worker's
 -- prepared statement, whose plan is then kept (a SQL function called as
 -- such is parsed and planned again on every call, several times a second).
 -- The body is parsed at creation, so the caller's search_path cannot change it.
 CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[],
-                                       per_endpoint integer, max_rows integer)
+                                       per_endpoint integer, max_rows integer,
+                                       after_endpoints uuid[], after_at timestamptz[],
+                                       after_events uuid[])
 RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean,
                event_type text, payload text, created_at text, url text,
-               secret text, previous_secret text, headers jsonb)
+               secret text, previous_secret text, headers jsonb,
+               next_attempt_at timestamptz)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH busy AS (
@@ -696,29 +723,43 @@ BEGIN ATOMIC
           FROM unnest(busy_events, busy_endpoints) AS b(event_id, endpoint_id)
     ), load AS (
         SELECT b.endpoint_id, count(*) AS n FROM busy b GROUP BY b.endpoint_id
+    ), position AS (
+        SELECT p.endpoint_id, p.at, p.event_id
+          FROM unnest(after_endpoints, after_at, after_events) AS p(endpoint_id, at, event_id)
     )
     SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
            e.event_type, e.payload::text,
            to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
            ep.url, ep.secret,
            CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END,
-           ep.headers
+           ep.headers, d.next_attempt_at
       FROM webhook.endpoints ep
       LEFT JOIN load l ON l.endpoint_id = ep.id
+      LEFT JOIN position p ON p.endpoint_id = ep.id
      CROSS JOIN LATERAL (
             SELECT d.* FROM webhook.delivery_log d
              WHERE d.endpoint_id = ep.id
                AND d.status = 'pending'
+               AND (d.next_attempt_at, d.event_id) >
+                   (coalesce(p.at, '-infinity'),
+                    coalesce(p.event_id, '00000000-0000-0000-0000-000000000000'))
                AND d.next_attempt_at <= now()
                AND NOT EXISTS (SELECT 1 FROM busy b
                                 WHERE b.event_id = d.event_id
                                   AND b.endpoint_id = d.endpoint_id)
-             ORDER BY d.next_attempt_at
-             LIMIT greatest(CASE WHEN ep.failing_since IS NULL THEN per_endpoint ELSE 1 END
+             ORDER BY d.next_attempt_at, d.event_id
+             LIMIT greatest(CASE WHEN ep.failing_since IS NULL THEN per_endpoint
+                                 WHEN ep.last_failure_at > now() - least(
+                                          (ep.last_failure_at - ep.failing_since) / 10,
+                                          interval '1 second') THEN 0
+                                 ELSE 1 END
                             - coalesce(l.n, 0), 0)) d
       JOIN webhook.event_log e ON e.id = d.event_id
      WHERE ep.enabled
-     ORDER BY d.next_attempt_at
+     -- A total order: what max_rows leaves out of an endpoint's rows is
+     -- always their tail, so the position after the last one taken skips
+     -- nothing.
+     ORDER BY d.next_attempt_at, d.event_id
      LIMIT max_rows;
 END;
 
@@ -737,68 +778,64 @@ AS $$
 DECLARE
     v_disabled uuid[];
 BEGIN
-    WITH outcome_batch AS (
+    -- One statement, the batch unnested once: the attempts, the deliveries'
+    -- new state, and endpoint health (a success clears the failure clock; a
+    -- failure starts it and moves last_failure_at, which paces the probes of
+    -- due_deliveries; 410 or a clock older than disable_after disables the
+    -- endpoint).
+    WITH outcome_batch AS MATERIALIZED (
         SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
                              status_codes, errors, bodies, manuals, outcomes, next_attempts)
             AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
                  error, response_body, manual, outcome, next_attempt_at)
-    )
-    INSERT INTO webhook.attempt_log (event_id, endpoint_id, attempt, started_at,
-                                     duration_ms, status_code, error, response_body, manual)
-    SELECT o.event_id, o.endpoint_id, o.attempt, o.started_at, o.duration_ms,
-           o.status_code, o.error, o.response_body, o.manual
-      FROM outcome_batch o;
-
-    WITH outcome_batch AS (
-        SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
-                             status_codes, errors, bodies, manuals, outcomes, next_attempts)
-            AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-                 error, response_body, manual, outcome, next_attempt_at)
-    )
-    UPDATE webhook.delivery_log d
-       SET status = CASE o.outcome WHEN 'succeeded' THEN 'succeeded'
-                                   WHEN 'retry' THEN 'pending'
-                                   ELSE 'failed' END,
-           attempts = greatest(d.attempts, o.attempt),
-           last_status_code = o.status_code,
-           last_error = o.error,
-           next_attempt_at = CASE WHEN o.outcome = 'retry' THEN o.next_attempt_at END,
-           next_attempt_manual = false,
-           succeeded_at = CASE WHEN o.outcome = 'succeeded' THEN o.started_at
-                               ELSE d.succeeded_at END
-      FROM outcome_batch o
-     WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
-       -- "Not final" rather than status = 'pending' (the same, given the
-       -- CHECK): the latter lets the planner add the partial index of
-       -- pending deliveries to each primary-key look-up (a BitmapAnd that
-       -- reads the whole backlog per outcome) whenever that index's
-       -- statistics date from a quieter moment, as after any VACUUM of an
-       -- empty queue followed by a burst.
-       AND d.status NOT IN ('succeeded', 'failed', 'cancelled');
-
-    -- Endpoint health: a success clears the failure clock; a failure starts
-    -- it; 410 or a clock older than disable_after disables the endpoint.
-    WITH outcome_batch AS (
-        SELECT * FROM unnest(event_ids, endpoint_ids, attempt_numbers, started, durations,
-                             status_codes, errors, bodies, manuals, outcomes, next_attempts)
-            AS o(event_id, endpoint_id, attempt, started_at, duration_ms, status_code,
-                 error, response_body, manual, outcome, next_attempt_at)
+    ), attempts AS (
+        INSERT INTO webhook.attempt_log (event_id, endpoint_id, attempt, started_at,
+                                         duration_ms, status_code, error, response_body, manual)
+        SELECT o.event_id, o.endpoint_id, o.attempt, o.started_at, o.duration_ms,
+               o.status_code, o.error, o.response_body, o.manual
+          FROM outcome_batch o
+    ), deliveries AS (
+        UPDATE webhook.delivery_log d
+           SET status = CASE o.outcome WHEN 'succeeded' THEN 'succeeded'
+                                       WHEN 'retry' THEN 'pending'
+                                       ELSE 'failed' END,
+               attempts = greatest(d.attempts, o.attempt),
+               last_status_code = o.status_code,
+               last_error = o.error,
+               next_attempt_at = CASE WHEN o.outcome = 'retry' THEN o.next_attempt_at END,
+               next_attempt_manual = false,
+               succeeded_at = CASE WHEN o.outcome = 'succeeded' THEN o.started_at
+                                   ELSE d.succeeded_at END
+          FROM outcome_batch o
+         WHERE d.event_id = o.event_id AND d.endpoint_id = o.endpoint_id
+           -- "Not final" rather than status = 'pending' (the same, given the
+           -- CHECK): the latter lets the planner add the partial index of
+           -- pending deliveries to each primary-key look-up (a BitmapAnd that
+           -- reads the whole backlog per outcome) whenever that index's
+           -- statistics date from a quieter moment, as after any VACUUM of an
+           -- empty queue followed by a burst.
+           AND d.status NOT IN ('succeeded', 'failed', 'cancelled')
     ), per_endpoint AS (
         SELECT o.endpoint_id,
                bool_or(o.outcome = 'succeeded') AS succeeded,
                bool_or(o.outcome = 'gone') AS gone,
-               min(o.started_at) AS first_failure
+               min(o.started_at) AS first_failure,
+               max(o.started_at) AS last_failure
           FROM outcome_batch o GROUP BY o.endpoint_id
     ), judged AS (
         SELECT p.*, ep.failing_since AS was_failing_since,
+               ep.last_failure_at AS was_last_failure_at,
                CASE WHEN p.succeeded THEN NULL
                     ELSE coalesce(ep.failing_since, p.first_failure) END AS failing_since,
+               CASE WHEN p.succeeded THEN NULL
+                    ELSE greatest(ep.last_failure_at, p.last_failure) END AS last_failure_at,
                ep.enabled AND (p.gone OR (NOT p.succeeded AND
                    coalesce(ep.failing_since, p.first_failure) < now() - disable_after)) AS disable
           FROM per_endpoint p JOIN webhook.endpoints ep ON ep.id = p.endpoint_id
     ), changed AS (
         UPDATE webhook.endpoints ep
            SET failing_since = j.failing_since,
+               last_failure_at = j.last_failure_at,
                enabled = ep.enabled AND NOT j.disable,
                disabled_at = CASE WHEN j.disable THEN now() ELSE ep.disabled_at END,
                disabled_reason = CASE
@@ -809,7 +846,8 @@ BEGIN
                updated_at = CASE WHEN j.disable THEN now() ELSE ep.updated_at END
           FROM judged j
          WHERE ep.id = j.endpoint_id
-           AND (j.disable OR j.failing_since IS DISTINCT FROM j.was_failing_since)
+           AND (j.disable OR j.failing_since IS DISTINCT FROM j.was_failing_since
+                OR j.last_failure_at IS DISTINCT FROM j.was_last_failure_at)
         RETURNING ep.id, j.disable
     )
     SELECT array_agg(c.id) FILTER (WHERE c.disable) INTO v_disabled FROM changed c;

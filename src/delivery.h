@@ -39,6 +39,9 @@ typedef struct Delivery
 	char	   *previous_secret;	/* NULL unless within a rotation's grace */
 	char	   *event_id_text;
 
+	TimestampTz due_at;			/* its next_attempt_at when fetched */
+	TimestampTz fetched_at;		/* when the worker took it (worker.c) */
+
 	/* the transfer (http.c) */
 	CURL	   *easy;
 	TimestampTz started_at;
@@ -61,10 +64,22 @@ typedef struct Delivery
 	struct Delivery *next;		/* in the worker's completed list */
 } Delivery;
 
+/*
+ * Where the worker is in one endpoint's queue: the last delivery it took,
+ * in the order (next_attempt_at, event_id). See webhook.due_deliveries.
+ */
+typedef struct QueuePosition
+{
+	pg_uuid_t	endpoint_id;
+	TimestampTz at;
+	pg_uuid_t	event_id;
+} QueuePosition;
+
 /* queue.c: the worker's SQL, each call inside a transaction */
 extern bool queue_extension_ready(void);
 extern int	queue_dispatch(void);
-extern Delivery **queue_fetch(int limit, Delivery **in_flight, int in_flight_count,
+extern Delivery **queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
+							  QueuePosition *positions, int position_count,
 							  int *fetched, MemoryContext context);
 extern void queue_record(Delivery **done, int count);
 extern int64 queue_remove_old_history(int batch);

@@ -133,7 +133,7 @@ emit_record(text *event_type, Jsonb *payload)
 		emit_unknown_event_type(type_name);
 	SPI_finish();
 
-	webhook_note_emitted();
+	webhook_wake_at_commit(WEBHOOK_WAKE_DISPATCH);
 	return UUIDPGetDatum(id);
 }
 

@@ -142,32 +142,51 @@ queue_text(HeapTuple row, TupleDesc desc, int column, MemoryContext context)
 }
 
 /*
- * Fetch up to limit due deliveries that are not in flight already, each
- * ready to send; allocated in context.
+ * Fetch up to limit due deliveries, at most per_endpoint for any endpoint
+ * counting those the worker holds already (held), each endpoint's after
+ * the worker's position in it if it has one; each ready to send,
+ * allocated in context, in the order of the queue.
  */
 Delivery **
-queue_fetch(int limit, Delivery **in_flight, int in_flight_count, int *fetched,
+queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
+			QueuePosition *positions, int position_count, int *fetched,
 			MemoryContext context)
 {
-	Oid			types[4] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID};
-	Datum		values[4];
-	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(in_flight_count, 1));
-	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(in_flight_count, 1));
+	Oid			types[7] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
+		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID};
+	Datum		values[7];
+	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(held_count, 1));
+	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(held_count, 1));
+	pg_uuid_t  *after_endpoints = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
+	Datum	   *after_at = palloc(sizeof(Datum) * Max(position_count, 1));
+	pg_uuid_t  *after_events = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
 	Delivery  **result;
 
-	for (int i = 0; i < in_flight_count; i++)
+	for (int i = 0; i < held_count; i++)
 	{
-		busy_events[i] = in_flight[i]->event_id;
-		busy_endpoints[i] = in_flight[i]->endpoint_id;
+		busy_events[i] = held[i]->event_id;
+		busy_endpoints[i] = held[i]->endpoint_id;
 	}
-	values[0] = queue_uuid_array(busy_events, in_flight_count);
-	values[1] = queue_uuid_array(busy_endpoints, in_flight_count);
-	values[2] = Int32GetDatum(webhook_per_endpoint_concurrency);
+	for (int i = 0; i < position_count; i++)
+	{
+		after_endpoints[i] = positions[i].endpoint_id;
+		after_at[i] = TimestampTzGetDatum(positions[i].at);
+		after_events[i] = positions[i].event_id;
+	}
+	values[0] = queue_uuid_array(busy_events, held_count);
+	values[1] = queue_uuid_array(busy_endpoints, held_count);
+	values[2] = Int32GetDatum(per_endpoint);
 	values[3] = Int32GetDatum(limit);
+	values[4] = queue_uuid_array(after_endpoints, position_count);
+	values[5] = PointerGetDatum(construct_array(after_at, position_count, TIMESTAMPTZOID,
+												sizeof(TimestampTz), FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	values[6] = queue_uuid_array(after_events, position_count);
 
 	SPI_connect();
-	queue_execute(&fetch_plan, "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4)",
-				  4, types, values, NULL, SPI_OK_SELECT);
+	queue_execute(&fetch_plan,
+				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7)",
+				  7, types, values, NULL, SPI_OK_SELECT);
 
 	*fetched = (int) SPI_processed;
 	result = MemoryContextAlloc(context, sizeof(Delivery *) * Max(*fetched, 1));
@@ -198,6 +217,7 @@ queue_fetch(int limit, Delivery **in_flight, int in_flight_count, int *fetched,
 		headers = SPI_getbinval(row, desc, 11, &isnull);
 		if (!isnull)
 			d->headers = queue_custom_headers(DatumGetJsonbP(headers));
+		d->due_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 12, &isnull));
 
 		/* The body is the same on every attempt: the signature covers it. */
 		old = MemoryContextSwitchTo(context);

@@ -26,15 +26,17 @@
 
 typedef struct WebhookShared
 {
-	pg_atomic_uint32 wake_pending;	/* set by committers, cleared by worker */
+	pg_atomic_uint32 wake_pending;	/* WEBHOOK_WAKE_* bits: set by committers,
+									 * cleared by the worker */
 	Latch	   *worker_latch;	/* NULL while no worker runs */
 } WebhookShared;
 
 static WebhookShared *wakeup_shared = NULL;
-static bool wakeup_emitted_in_xact = false;
+static uint32 wakeup_in_xact = 0;	/* bits to set if this transaction commits */
 static bool wakeup_callback_registered = false;
 
 static void wakeup_shmem_startup(void);
+static void webhook_wake(uint32 reasons);
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type wakeup_prev_shmem_request_hook = NULL;
@@ -89,18 +91,19 @@ wakeup_shmem_startup(void)
 }
 
 /*
- * Wake the worker unless a wake-up is already pending.
+ * Wake the worker with reasons (WEBHOOK_WAKE_* bits), unless a wake-up
+ * with those reasons is pending already.
  */
-void
-webhook_wake(void)
+static void
+webhook_wake(uint32 reasons)
 {
 	Latch	   *latch;
 
 	if (wakeup_shared == NULL)
 		return;
-	if (pg_atomic_read_u32(&wakeup_shared->wake_pending) != 0)
+	if ((pg_atomic_read_u32(&wakeup_shared->wake_pending) & reasons) == reasons)
 		return;
-	if (pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 1) != 0)
+	if ((pg_atomic_fetch_or_u32(&wakeup_shared->wake_pending, reasons) & reasons) == reasons)
 		return;
 	latch = wakeup_shared->worker_latch;
 	if (latch != NULL)
@@ -108,7 +111,8 @@ webhook_wake(void)
 }
 
 /*
- * At commit of a transaction that emitted, wake the worker.
+ * At commit of a transaction that emitted (or changed deliveries), wake the
+ * worker.
  */
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
@@ -117,14 +121,14 @@ wakeup_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wakeup_emitted_in_xact)
-				webhook_wake();
-			wakeup_emitted_in_xact = false;
+			if (wakeup_in_xact != 0)
+				webhook_wake(wakeup_in_xact);
+			wakeup_in_xact = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			wakeup_emitted_in_xact = false;
+			wakeup_in_xact = 0;
 			break;
 		default:
 			break;
@@ -132,17 +136,18 @@ wakeup_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * Remember that the current transaction emitted an event.
+ * Remember to wake the worker, for these reasons, if the current
+ * transaction commits.
  */
 void
-webhook_note_emitted(void)
+webhook_wake_at_commit(uint32 reasons)
 {
 	if (!wakeup_callback_registered)
 	{
 		RegisterXactCallback(wakeup_xact_callback, NULL);
 		wakeup_callback_registered = true;
 	}
-	wakeup_emitted_in_xact = true;
+	wakeup_in_xact |= reasons;
 }
 
 /*
@@ -156,7 +161,7 @@ webhook_worker_attach(void)
 	wakeup_shared->worker_latch = MyLatch;
 	pg_write_barrier();
 	/* Whatever committed before we were listening is found by the first pass. */
-	pg_atomic_write_u32(&wakeup_shared->wake_pending, 1);
+	pg_atomic_write_u32(&wakeup_shared->wake_pending, WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN);
 }
 
 /*
@@ -170,24 +175,26 @@ webhook_worker_detach(void)
 }
 
 /*
- * Take the pending wake-up, if any; true when there was one.
+ * Take the pending wake-up: its WEBHOOK_WAKE_* bits, 0 when none.
  */
-bool
+uint32
 webhook_consume_wake(void)
 {
 	if (wakeup_shared == NULL)
-		return true;
-	return pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 0) != 0;
+		return WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN;
+	return pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 0);
 }
 
 /*
  * webhook.wake_worker(): wake the worker when the calling transaction
- * commits (used by manual retries and replays).
+ * commits, to dispatch and to look at every endpoint's due deliveries from
+ * the oldest (used by manual retries, replays and re-enabling, which make
+ * deliveries due with their transaction's start time).
  */
 PG_FUNCTION_INFO_V1(webhook_wake_worker);
 Datum
 webhook_wake_worker(PG_FUNCTION_ARGS)
 {
-	webhook_note_emitted();
+	webhook_wake_at_commit(WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN);
 	PG_RETURN_VOID();
 }

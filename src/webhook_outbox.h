@@ -42,12 +42,14 @@ extern int	webhook_retry_delays_ms[WEBHOOK_MAX_RETRIES];
 extern int	webhook_retry_count;
 
 /* wakeup.c: shared state and the commit-time wake-up of the worker */
+#define WEBHOOK_WAKE_DISPATCH 0x1	/* events were emitted */
+#define WEBHOOK_WAKE_RESCAN 0x2	/* deliveries became due behind the worker's
+								 * position in the queue */
 extern void webhook_shmem_request(void);
-extern void webhook_note_emitted(void);
-extern void webhook_wake(void);
+extern void webhook_wake_at_commit(uint32 reasons);
 extern void webhook_worker_attach(void);
 extern void webhook_worker_detach(void);
-extern bool webhook_consume_wake(void);
+extern uint32 webhook_consume_wake(void);
 
 /* endpoints.c: errors about user-supplied values */
 extern char *webhook_value_for_display(const char *value);

@@ -10,10 +10,21 @@
  * until the extension is created, then loops:
  *
  *   take finished requests off curl and judge them (success, retry, gone);
- *   in one short transaction: record those outcomes, dispatch events that
- *   committed since the last pass, fetch due deliveries for the free slots;
- *   after commit, hand the fetched deliveries to curl;
+ *   start deliveries it holds ready in the slots they freed;
+ *   when there is reason to (new events, outcomes piling up, nothing left
+ *   ready), in one short transaction: record those outcomes, dispatch
+ *   events that committed since the last pass, fetch due deliveries to
+ *   fill the slots and the ready queue;
+ *   after commit, start what fits;
  *   sleep on the latch and curl's sockets together.
+ *
+ * The ready queue keeps requests flowing between passes, so that a pass
+ * (a transaction: a fixed cost) records and fetches tens of deliveries, not
+ * the few that finished since the last one. What it holds is taken but not
+ * sent: it is let go (and fetched again if still due) as soon as its
+ * endpoint fails, so that the circuit breaker and a 410 take effect at
+ * once, and after WORKER_READY_MAX_MS, so that a cancel, delete or disable
+ * is not outrun for long.
  *
  * No transaction is open while a request is in flight. An outcome is
  * recorded after the response; a crash in between re-sends the delivery
@@ -60,6 +71,26 @@
 #define WORKER_RELAUNCH_DELAY_MS 1000
 #define WORKER_STALLED_MS 1000
 
+/*
+ * The ready queue: a fetch takes up to WORKER_PREFETCH times
+ * webhook.endpoint_concurrency deliveries per endpoint (counting those in
+ * flight) and up to webhook.concurrency beyond the free slots in all.
+ * Outcomes are recorded when nothing is left ready, when there are
+ * webhook.concurrency of them, or WORKER_RECORD_DELAY_MS after the first.
+ */
+#define WORKER_PREFETCH 4
+
+/*
+ * A commit that emitted wakes the worker to dispatch; under a stream of
+ * commits, dispatch passes start at least this far apart, each taking
+ * every event committed meanwhile. That bounds what dispatch costs a busy
+ * ledger (a pass per commit took a quarter of a core at a few thousand
+ * commits a second) and adds at most this much to the latency.
+ */
+#define WORKER_DISPATCH_GAP_US 1000
+#define WORKER_READY_MAX_MS 100
+#define WORKER_RECORD_DELAY_MS 10
+
 PGDLLEXPORT void webhook_launcher_main(Datum main_arg);
 
 /* The delivery worker's state */
@@ -68,7 +99,21 @@ static Delivery **worker_in_flight = NULL;
 static int	worker_in_flight_count = 0;
 static Delivery **worker_done = NULL;
 static int	worker_done_count = 0;
+static TimestampTz worker_done_since = 0;	/* when the first of them finished */
+static Delivery **worker_ready = NULL;	/* fetched, not started: oldest first */
+static int	worker_ready_count = 0;
 static int	worker_capacity = 0;
+
+/*
+ * The worker's position in each endpoint's queue (see due_deliveries):
+ * forgotten for an endpoint when deliveries it took go back untried, and
+ * for all when others may have become due behind them -- a wake-up to
+ * rescan (replay, retry_delivery, re-enabling), a quarantine ending --
+ * and at every poll in any case.
+ */
+static QueuePosition *worker_positions = NULL;
+static int	worker_position_count = 0;
+static int	worker_position_capacity = 0;
 
 /*
  * Deliveries whose outcome could not be recorded: still pending and due in
@@ -81,6 +126,7 @@ static Delivery *worker_quarantine[WORKER_QUARANTINE_MAX];
 static int	worker_quarantine_count = 0;
 
 static void worker_reserve(int n);
+static void worker_report_activity(bool ready);
 
 /*
  * Register the launcher (from _PG_init, when preloaded).
@@ -321,7 +367,7 @@ typedef struct WorkerPass
 	bool		dispatch;		/* look for newly committed events */
 	bool		check_ready;	/* look for the extension first */
 	bool		ready;			/* the extension exists */
-	int			free_slots;
+	int			fetch_limit;
 	Delivery  **fetched;
 	int			fetched_count;
 } WorkerPass;
@@ -341,16 +387,76 @@ worker_pass(void *arg)
 		queue_record(worker_done, worker_done_count);
 	if (pass->dispatch)
 		queue_dispatch();
-	if (pass->free_slots > 0)
+	if (pass->fetch_limit > 0)
 	{
-		/* Not to be fetched: what is in flight, and what is quarantined. */
-		worker_reserve(worker_quarantine_count);
-		memcpy(worker_in_flight + worker_in_flight_count, worker_quarantine,
-			   sizeof(Delivery *) * worker_quarantine_count);
-		pass->fetched = queue_fetch(pass->free_slots, worker_in_flight,
-									worker_in_flight_count + worker_quarantine_count,
+		/* Not to be fetched: what is in flight, ready or quarantined. */
+		int			held_count = 0;
+		Delivery  **held = palloc(sizeof(Delivery *) *
+								  (worker_in_flight_count + worker_ready_count +
+								   worker_quarantine_count + 1));
+
+		memcpy(held + held_count, worker_in_flight, sizeof(Delivery *) * worker_in_flight_count);
+		held_count += worker_in_flight_count;
+		memcpy(held + held_count, worker_ready, sizeof(Delivery *) * worker_ready_count);
+		held_count += worker_ready_count;
+		memcpy(held + held_count, worker_quarantine, sizeof(Delivery *) * worker_quarantine_count);
+		held_count += worker_quarantine_count;
+		pass->fetched = queue_fetch(pass->fetch_limit,
+									webhook_per_endpoint_concurrency * WORKER_PREFETCH,
+									held, held_count, worker_positions, worker_position_count,
 									&pass->fetched_count, worker_context);
 	}
+}
+
+/*
+ * The position in an endpoint's queue, or NULL.
+ */
+static QueuePosition *
+worker_position(const pg_uuid_t *endpoint)
+{
+	for (int i = 0; i < worker_position_count; i++)
+		if (memcmp(&worker_positions[i].endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+			return &worker_positions[i];
+	return NULL;
+}
+
+/*
+ * Move the position in an endpoint's queue to a delivery just fetched
+ * (fetches come in queue order: the last one is the furthest).
+ */
+static void
+worker_advance_position(const Delivery *d)
+{
+	QueuePosition *position = worker_position(&d->endpoint_id);
+
+	if (position == NULL)
+	{
+		if (worker_position_count == worker_position_capacity)
+		{
+			worker_position_capacity = Max(16, worker_position_capacity * 2);
+			worker_positions = worker_positions == NULL ?
+				MemoryContextAlloc(worker_context,
+								   sizeof(QueuePosition) * worker_position_capacity) :
+				repalloc(worker_positions, sizeof(QueuePosition) * worker_position_capacity);
+		}
+		position = &worker_positions[worker_position_count++];
+		position->endpoint_id = d->endpoint_id;
+	}
+	position->at = d->due_at;
+	position->event_id = d->event_id;
+}
+
+/*
+ * Forget the position in an endpoint's queue: the next fetch starts at its
+ * oldest due delivery.
+ */
+static void
+worker_forget_position(const pg_uuid_t *endpoint)
+{
+	QueuePosition *position = worker_position(endpoint);
+
+	if (position != NULL)
+		*position = worker_positions[--worker_position_count];
 }
 
 /*
@@ -385,7 +491,7 @@ worker_quarantine_add(Delivery *d)
 
 /*
  * Release quarantined deliveries whose time has come: the next fetch may
- * take them again.
+ * take them again (from the oldest: they may lie behind the positions).
  */
 static void
 worker_quarantine_expire(TimestampTz now)
@@ -399,6 +505,8 @@ worker_quarantine_expire(TimestampTz now)
 		else
 			worker_quarantine[kept++] = worker_quarantine[i];
 	}
+	if (kept < worker_quarantine_count)
+		worker_position_count = 0;
 	worker_quarantine_count = kept;
 }
 
@@ -448,27 +556,59 @@ worker_forget_done(void)
 }
 
 /*
- * Make room for n more deliveries in the in-flight and done arrays.
+ * Make room for n more deliveries in the in-flight, done and ready arrays.
  */
 static void
 worker_reserve(int n)
 {
-	int			needed = Max(worker_in_flight_count, worker_done_count) + n;
+	int			needed = Max(Max(worker_in_flight_count, worker_done_count),
+							 worker_ready_count) + n;
 
 	if (needed <= worker_capacity)
 		return;
 	worker_capacity = Max(needed, worker_capacity * 2);
 	worker_in_flight = repalloc(worker_in_flight, sizeof(Delivery *) * worker_capacity);
 	worker_done = repalloc(worker_done, sizeof(Delivery *) * worker_capacity);
+	worker_ready = repalloc(worker_ready, sizeof(Delivery *) * worker_capacity);
 }
 
 /*
- * Move finished requests from in flight to done, judged.
+ * Let go of the ready deliveries to an endpoint (after it failed: the next
+ * fetch decides, with the circuit breaker, what it gets); returns how many.
  */
-static void
+static int
+worker_release_endpoint(const pg_uuid_t *endpoint)
+{
+	int			kept = 0;
+	int			released = 0;
+
+	for (int i = 0; i < worker_ready_count; i++)
+	{
+		Delivery   *d = worker_ready[i];
+
+		if (memcmp(&d->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+		{
+			queue_free_delivery(d);
+			released++;
+		}
+		else
+			worker_ready[kept++] = d;
+	}
+	worker_ready_count = kept;
+	if (released > 0)
+		worker_forget_position(endpoint);
+	return released;
+}
+
+/*
+ * Move finished requests from in flight to done, judged; returns how many
+ * ready deliveries were let go because their endpoint failed.
+ */
+static int
 worker_collect_completed(void)
 {
 	Delivery   *d;
+	int			released = 0;
 
 	while ((d = http_next_completed()) != NULL)
 	{
@@ -480,8 +620,13 @@ worker_collect_completed(void)
 			}
 		worker_judge(d);
 		worker_reserve(1);
+		if (worker_done_count == 0)
+			worker_done_since = GetCurrentTimestamp();
 		worker_done[worker_done_count++] = d;
+		if (d->outcome != OUTCOME_SUCCEEDED)
+			released += worker_release_endpoint(&d->endpoint_id);
 	}
+	return released;
 }
 
 /*
@@ -502,6 +647,94 @@ worker_free_slots(TimestampTz now)
 			stalled++;
 	return Max(0, Min(limit - (worker_in_flight_count - stalled),
 					  2 * limit - worker_in_flight_count));
+}
+
+/*
+ * How many requests to an endpoint are in flight.
+ */
+static int
+worker_endpoint_in_flight(const pg_uuid_t *endpoint)
+{
+	int			n = 0;
+
+	for (int i = 0; i < worker_in_flight_count; i++)
+		if (memcmp(&worker_in_flight[i]->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+			n++;
+	return n;
+}
+
+/*
+ * Start ready deliveries, oldest first, as far as the free slots and
+ * webhook.endpoint_concurrency allow; the rest stay ready, in order.
+ */
+static void
+worker_start_ready(TimestampTz now)
+{
+	int			free_slots;
+	int			kept = 0;
+	int			started = 0;
+
+	if (worker_ready_count == 0)
+		return;
+	free_slots = worker_free_slots(now);
+	for (int i = 0; i < worker_ready_count; i++)
+	{
+		Delivery   *d = worker_ready[i];
+
+		if (started < free_slots &&
+			worker_endpoint_in_flight(&d->endpoint_id) < webhook_per_endpoint_concurrency)
+		{
+			worker_in_flight[worker_in_flight_count++] = d;
+			http_start(d);
+			started++;
+		}
+		else
+			worker_ready[kept++] = d;
+	}
+	worker_ready_count = kept;
+	if (started > 0)
+		worker_report_activity(true);
+}
+
+/*
+ * Let go of deliveries ready for longer than WORKER_READY_MAX_MS (they
+ * stay pending in the table, and the next fetch may take them again);
+ * returns how many.
+ */
+static int
+worker_release_stale(TimestampTz now)
+{
+	int			kept = 0;
+	int			released = 0;
+
+	for (int i = 0; i < worker_ready_count; i++)
+	{
+		Delivery   *d = worker_ready[i];
+
+		if (TimestampDifferenceExceeds(d->fetched_at, now, WORKER_READY_MAX_MS))
+		{
+			worker_forget_position(&d->endpoint_id);
+			queue_free_delivery(d);
+			released++;
+		}
+		else
+			worker_ready[kept++] = d;
+	}
+	worker_ready_count = kept;
+	return released;
+}
+
+/*
+ * Whether the outcomes waiting to be recorded should be now: nothing is
+ * left ready (the pass refills the queue), there are as many as there are
+ * slots, or the first has waited WORKER_RECORD_DELAY_MS.
+ */
+static bool
+worker_record_due(TimestampTz now)
+{
+	return worker_done_count > 0 &&
+		(worker_ready_count == 0 || worker_done_count >= http_max_in_flight() ||
+		 TimestampDifferenceExceeds(worker_done_since, now, WORKER_RECORD_DELAY_MS));
 }
 
 /*
@@ -560,6 +793,8 @@ webhook_worker_main(Datum main_arg)
 {
 	Oid			database = DatumGetObjectId(main_arg);
 	TimestampTz last_poll = 0;
+	TimestampTz last_dispatch = 0;
+	bool		dispatch_wanted = false;
 	TimestampTz last_retention = 0;
 	bool		retention_pending = false;
 	bool		ready = false;
@@ -585,11 +820,22 @@ webhook_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * Plan each of the worker's statements once, not at every pass: with
+	 * the default, a statement with parameters is planned again for each
+	 * call whenever its generic plan looks dearer than the custom ones, and
+	 * that planning (catalog look-ups, a relation size per table and index)
+	 * cost as much as running them. Their shapes do not depend on the
+	 * values: every access goes through a key or the pending index.
+	 */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
+
 	worker_context = AllocSetContextCreate(TopMemoryContext, "webhook_outbox deliveries",
 										   ALLOCSET_DEFAULT_SIZES);
 	worker_capacity = 64;
 	worker_in_flight = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
 	worker_done = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
+	worker_ready = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
 
 	before_shmem_exit(worker_on_exit, (Datum) 0);
 	http_init();
@@ -600,7 +846,8 @@ webhook_worker_main(Datum main_arg)
 	{
 		TimestampTz now;
 		bool		poll_due;
-		bool		woken;
+		int			released;
+		uint32		wake;
 		WorkerPass	pass;
 		long		timeout_ms;
 
@@ -612,14 +859,20 @@ webhook_worker_main(Datum main_arg)
 			http_apply_settings();
 		}
 
-		worker_collect_completed();
+		released = worker_collect_completed();
+		now = GetCurrentTimestamp();
+		worker_start_ready(now);
 		if (worker_in_flight_count == 0 && worker_done_count > 0)
 			worker_report_activity(ready);
 
-		now = GetCurrentTimestamp();
 		worker_quarantine_expire(now);
+		released += worker_release_stale(now);
 		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
-		woken = webhook_consume_wake();
+		wake = webhook_consume_wake();
+		if (wake & WEBHOOK_WAKE_DISPATCH)
+			dispatch_wanted = true;
+		if ((wake & WEBHOOK_WAKE_RESCAN) || poll_due)
+			worker_position_count = 0;
 
 		/*
 		 * Plan the worker's statements afresh at each poll. Their plans are
@@ -634,14 +887,16 @@ webhook_worker_main(Datum main_arg)
 		memset(&pass, 0, sizeof(pass));
 		pass.check_ready = !ready || poll_due;
 		pass.ready = ready;
-		pass.dispatch = woken || poll_due;
-		pass.free_slots = worker_free_slots(now);
+		pass.dispatch = poll_due ||
+			(dispatch_wanted && now - last_dispatch >= WORKER_DISPATCH_GAP_US);
+		pass.fetch_limit = Max(0, worker_free_slots(now) + http_max_in_flight() -
+							   worker_ready_count);
 
 		/*
-		 * A pass is worth a transaction when there are outcomes to record,
-		 * or new events, or free slots and a reason to look for due work.
+		 * A pass is worth a transaction when there are new events, outcomes
+		 * due to be recorded, or ready deliveries just let go to fetch again.
 		 */
-		if (worker_done_count > 0 || pass.dispatch)
+		if (pass.dispatch || worker_record_due(now) || released > 0)
 		{
 			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
 				worker_forget_done();
@@ -667,19 +922,25 @@ webhook_worker_main(Datum main_arg)
 			}
 			if (poll_due)
 				last_poll = now;
+			if (pass.dispatch)
+			{
+				dispatch_wanted = false;
+				last_dispatch = now;
+			}
 		}
 
-		/* After commit: hand the fetched deliveries to curl. */
-		worker_reserve(pass.fetched_count);
-		for (int i = 0; i < pass.fetched_count; i++)
-		{
-			worker_in_flight[worker_in_flight_count++] = pass.fetched[i];
-			http_start(pass.fetched[i]);
-		}
+		/* After commit: queue the fetched deliveries, start what fits. */
 		if (pass.fetched_count > 0)
 		{
+			worker_reserve(pass.fetched_count + worker_in_flight_count);
+			for (int i = 0; i < pass.fetched_count; i++)
+			{
+				pass.fetched[i]->fetched_at = now;
+				worker_advance_position(pass.fetched[i]);
+				worker_ready[worker_ready_count++] = pass.fetched[i];
+			}
 			pfree(pass.fetched);
-			worker_report_activity(ready);
+			worker_start_ready(now);
 		}
 
 		if (ready && !retention_pending &&
@@ -692,11 +953,24 @@ webhook_worker_main(Datum main_arg)
 			last_retention = now;
 		}
 
-		/* Sleep until a commit, a socket, curl's timer or the next poll. */
-		timeout_ms = webhook_poll_interval_ms -
-			(long) ((GetCurrentTimestamp() - last_poll) / 1000);
+		/*
+		 * Sleep until a commit, a socket, curl's timer, the next poll, or
+		 * the moment outcomes are due to be recorded or ready deliveries
+		 * to be let go.
+		 */
+		now = GetCurrentTimestamp();
+		timeout_ms = webhook_poll_interval_ms - (long) ((now - last_poll) / 1000);
 		if (retention_pending)
 			timeout_ms = Min(timeout_ms, WORKER_RETENTION_PAUSE_MS);
+		if (worker_done_count > 0)
+			timeout_ms = Min(timeout_ms, WORKER_RECORD_DELAY_MS -
+							 (long) ((now - worker_done_since) / 1000));
+		if (worker_ready_count > 0)
+			timeout_ms = Min(timeout_ms, WORKER_READY_MAX_MS -
+							 (long) ((now - worker_ready[0]->fetched_at) / 1000));
+		if (dispatch_wanted)
+			timeout_ms = Min(timeout_ms,
+							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
 		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
 	}
 
