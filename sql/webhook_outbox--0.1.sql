@@ -759,7 +759,7 @@ BEGIN ATOMIC
      -- A total order: what max_rows leaves out of an endpoint's rows is
      -- always their tail, so the position after the last one taken skips
      -- nothing.
-     ORDER BY d.next_attempt_at, d.event_id
+     ORDER BY d.next_attempt_at, d.event_id, d.endpoint_id
      LIMIT max_rows;
 END;
 
