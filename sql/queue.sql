@@ -36,7 +36,7 @@ SELECT e.id, ep.id, e.event_type,
 SELECT CASE endpoint_id WHEN :'a' THEN 'a' ELSE 'b' END AS endpoint, (payload::jsonb)->>'n' AS n,
        now() - next_attempt_at AS waited
   FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}');
-SELECT event_type, payload, created_at ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$' AS iso,
+SELECT event_type, payload, now() - created_at AS emitted,
        url, secret LIKE 'whsec_%' AS secret, previous_secret, headers
   FROM webhook.due_deliveries('{}', '{}', 10, 1, '{}', '{}', '{}');
 

@@ -713,7 +713,7 @@ CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[]
                                        after_endpoints uuid[], after_at timestamptz[],
                                        after_events uuid[])
 RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean,
-               event_type text, payload text, created_at text, url text,
+               event_type text, payload text, created_at timestamptz, url text,
                secret text, previous_secret text, headers jsonb,
                next_attempt_at timestamptz)
 LANGUAGE sql STABLE
@@ -727,40 +727,49 @@ BEGIN ATOMIC
         SELECT p.endpoint_id, p.at, p.event_id
           FROM unnest(after_endpoints, after_at, after_events) AS p(endpoint_id, at, event_id)
     )
-    SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
-           e.event_type, e.payload::text,
-           to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           ep.url, ep.secret,
-           CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END,
-           ep.headers, d.next_attempt_at
-      FROM webhook.endpoints ep
-      LEFT JOIN load l ON l.endpoint_id = ep.id
-      LEFT JOIN position p ON p.endpoint_id = ep.id
-     CROSS JOIN LATERAL (
-            SELECT d.* FROM webhook.delivery_log d
-             WHERE d.endpoint_id = ep.id
-               AND d.status = 'pending'
-               AND (d.next_attempt_at, d.event_id) >
-                   (coalesce(p.at, '-infinity'),
-                    coalesce(p.event_id, '00000000-0000-0000-0000-000000000000'))
-               AND d.next_attempt_at <= now()
-               AND NOT EXISTS (SELECT 1 FROM busy b
-                                WHERE b.event_id = d.event_id
-                                  AND b.endpoint_id = d.endpoint_id)
-             ORDER BY d.next_attempt_at, d.event_id
-             LIMIT greatest(CASE WHEN ep.failing_since IS NULL THEN per_endpoint
-                                 WHEN ep.last_failure_at > now() - least(
-                                          (ep.last_failure_at - ep.failing_since) / 10,
-                                          interval '1 second') THEN 0
-                                 ELSE 1 END
-                            - coalesce(l.n, 0), 0)) d
-      JOIN webhook.event_log e ON e.id = d.event_id
-     WHERE ep.enabled
-     -- A total order: what max_rows leaves out of an endpoint's rows is
-     -- always their tail, so the position after the last one taken skips
-     -- nothing.
-     ORDER BY d.next_attempt_at, d.event_id, d.endpoint_id
-     LIMIT max_rows;
+    -- The event is joined, and its payload turned into text, only for the
+    -- max_rows rows taken, not for every candidate.
+    SELECT q.event_id, q.endpoint_id, q.attempts, q.next_attempt_manual,
+           e.event_type, e.payload::text, e.created_at,
+           q.url, q.secret, q.previous_secret, q.headers, q.next_attempt_at
+      FROM (SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
+                   d.next_attempt_at, ep.url, ep.secret,
+                   CASE WHEN ep.previous_secret_expires_at > now()
+                        THEN ep.previous_secret END AS previous_secret,
+                   ep.headers
+              FROM webhook.endpoints ep
+              LEFT JOIN load l ON l.endpoint_id = ep.id
+              LEFT JOIN position p ON p.endpoint_id = ep.id
+             CROSS JOIN LATERAL (
+                    SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
+                           d.next_attempt_at
+                      FROM webhook.delivery_log d
+                     WHERE d.endpoint_id = ep.id
+                       AND d.status = 'pending'
+                       AND (d.next_attempt_at, d.event_id) >
+                           (coalesce(p.at, '-infinity'),
+                            coalesce(p.event_id, '00000000-0000-0000-0000-000000000000'))
+                       AND d.next_attempt_at <= now()
+                       -- NOT IN, not NOT EXISTS: a hashed look-up per row
+                       -- rather than a scan of everything the worker holds.
+                       AND (d.event_id, d.endpoint_id) NOT IN
+                           (SELECT b.event_id, b.endpoint_id FROM busy b)
+                     ORDER BY d.next_attempt_at, d.event_id
+                     LIMIT least(greatest(
+                               CASE WHEN ep.failing_since IS NULL THEN per_endpoint
+                                    WHEN ep.last_failure_at > now() - least(
+                                             (ep.last_failure_at - ep.failing_since) / 10,
+                                             interval '1 second') THEN 0
+                                    ELSE 1 END
+                               - coalesce(l.n, 0), 0), max_rows)) d
+             WHERE ep.enabled
+             -- A total order: what max_rows leaves out of an endpoint's rows
+             -- is always their tail, so the position after the last one
+             -- taken skips nothing.
+             ORDER BY d.next_attempt_at, d.event_id, d.endpoint_id
+             LIMIT max_rows) q
+      JOIN webhook.event_log e ON e.id = q.event_id
+     ORDER BY q.next_attempt_at, q.event_id, q.endpoint_id;
 END;
 
 -- Records a batch of attempts: history rows, delivery state, endpoint

@@ -113,10 +113,11 @@ emit_record(text *event_type, Jsonb *payload)
 		Oid			types[4] = {UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
 		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid) "
-						   "SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id() "
-						   "WHERE EXISTS (SELECT 1 FROM webhook.event_types t WHERE t.name = $2)",
-						   4, types);
+		/* One plan for every call: it has no choice to make by value. */
+		plan = SPI_prepare_cursor("INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid) "
+								  "SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id() "
+								  "WHERE EXISTS (SELECT 1 FROM webhook.event_types t WHERE t.name = $2)",
+								  4, types, CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);

@@ -20,6 +20,7 @@
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -142,6 +143,22 @@ queue_text(HeapTuple row, TupleDesc desc, int column, MemoryContext context)
 }
 
 /*
+ * A timestamp as the body's "timestamp": ISO 8601 in UTC, to the
+ * microsecond (2026-11-25T01:30:00.123456Z).
+ */
+static void
+queue_format_timestamp(TimestampTz timestamp, char *buffer, size_t size)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (timestamp2tm(timestamp, NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "webhook_outbox worker: event timestamp out of range");
+	snprintf(buffer, size, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+}
+
+/*
  * Fetch up to limit due deliveries, at most per_endpoint for any endpoint
  * counting those the worker holds already (held), each endpoint's after
  * the worker's position in it if it has one; each ready to send,
@@ -197,7 +214,7 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		Delivery   *d = MemoryContextAllocZero(context, sizeof(Delivery));
 		bool		isnull;
 		char	   *payload;
-		char	   *created_at;
+		char		created_at[40];
 		Datum		headers;
 		StringInfoData body;
 		MemoryContext old;
@@ -208,7 +225,8 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		d->manual = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
 		d->event_type = queue_text(row, desc, 5, context);
 		payload = queue_text(row, desc, 6, CurrentMemoryContext);
-		created_at = queue_text(row, desc, 7, CurrentMemoryContext);
+		queue_format_timestamp(DatumGetTimestampTz(SPI_getbinval(row, desc, 7, &isnull)),
+							   created_at, sizeof(created_at));
 		d->url = queue_text(row, desc, 8, context);
 		d->secret = queue_text(row, desc, 9, context);
 		d->previous_secret = queue_text(row, desc, 10, context);
