@@ -1,13 +1,16 @@
--- bench/ledger.sql: the ledger the pgbench scenario writes to, twice:
--- ledger_plain without the outbox, ledger_outbox with the trigger that
--- emits journal_entry.posted (the README's typical use). Same tables, same
--- indexes, same foreign keys; only the trigger differs.
+-- bench/ledger.sql: the ledger the pgbench scenario writes to, three
+-- times: ledger_plain without the outbox; ledger_outbox with the trigger
+-- that emits journal_entry.posted (the README's typical use); ledger_audit
+-- with a hand-written PL/pgSQL trigger that inserts the same row into a
+-- plain table shaped like webhook.event_log (same columns and indexes) --
+-- the floor for any outbox that records its events in the transaction.
+-- Same tables, same indexes, same foreign keys; only the trigger differs.
 
 DO $$
 DECLARE
     s text;
 BEGIN
-    FOREACH s IN ARRAY ARRAY['ledger_plain', 'ledger_outbox'] LOOP
+    FOREACH s IN ARRAY ARRAY['ledger_plain', 'ledger_outbox', 'ledger_audit'] LOOP
         EXECUTE format('CREATE SCHEMA %I', s);
         EXECUTE format($sql$
             CREATE TABLE %1$I.accounts (
@@ -54,5 +57,30 @@ CREATE TRIGGER journal_entry_posted
     AFTER UPDATE OF status ON ledger_outbox.journal_entries
     FOR EACH ROW WHEN (NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted')
     EXECUTE FUNCTION webhook.emit_trigger('journal_entry.posted');
+
+CREATE TABLE ledger_audit.event_log (
+    id          uuid PRIMARY KEY,
+    event_type  text NOT NULL,
+    payload     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL,
+    txid        xid8 NOT NULL
+);
+CREATE INDEX ON ledger_audit.event_log (txid);
+CREATE INDEX ON ledger_audit.event_log (created_at);
+
+CREATE FUNCTION ledger_audit.record_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_audit.event_log
+    VALUES (gen_random_uuid(), TG_ARGV[0], to_jsonb(NEW), clock_timestamp(),
+            pg_current_xact_id());
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER journal_entry_posted
+    AFTER UPDATE OF status ON ledger_audit.journal_entries
+    FOR EACH ROW WHEN (NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted')
+    EXECUTE FUNCTION ledger_audit.record_event('journal_entry.posted');
 
 -- (bench/scenarios.py runs VACUUM ANALYZE next: it cannot share this batch.)

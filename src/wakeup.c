@@ -186,6 +186,15 @@ webhook_consume_wake(void)
 }
 
 /*
+ * Whether a wake-up is pending (left for later by the worker).
+ */
+bool
+webhook_wake_pending(void)
+{
+	return wakeup_shared != NULL && pg_atomic_read_u32(&wakeup_shared->wake_pending) != 0;
+}
+
+/*
  * webhook.wake_worker(): wake the worker when the calling transaction
  * commits, to dispatch and to look at every endpoint's due deliveries from
  * the oldest (used by manual retries, replays and re-enabling, which make

@@ -50,6 +50,7 @@ extern void webhook_wake_at_commit(uint32 reasons);
 extern void webhook_worker_attach(void);
 extern void webhook_worker_detach(void);
 extern uint32 webhook_consume_wake(void);
+extern bool webhook_wake_pending(void);
 
 /* endpoints.c: errors about user-supplied values */
 extern char *webhook_value_for_display(const char *value);

@@ -75,21 +75,25 @@
  * The ready queue: a fetch takes up to WORKER_PREFETCH times
  * webhook.endpoint_concurrency deliveries per endpoint (counting those in
  * flight) and up to webhook.concurrency beyond the free slots in all.
- * Outcomes are recorded when nothing is left ready, when there are
- * webhook.concurrency of them, or WORKER_RECORD_DELAY_MS after the first.
+ * Outcomes are recorded when nothing is left ready while the last fetch
+ * found at least WORKER_BACKLOG_MIN, when there are webhook.concurrency of
+ * them, or WORKER_RECORD_DELAY_MS after the first.
  */
 #define WORKER_PREFETCH 4
+#define WORKER_READY_MAX_MS 100
+#define WORKER_RECORD_DELAY_MS 10
+#define WORKER_BACKLOG_MIN 8
 
 /*
  * A commit that emitted wakes the worker to dispatch; under a stream of
  * commits, dispatch passes start at least this far apart, each taking
- * every event committed meanwhile. That bounds what dispatch costs a busy
- * ledger (a pass per commit took a quarter of a core at a few thousand
- * commits a second) and adds at most this much to the latency.
+ * every event committed meanwhile, and the worker leaves the wake-up
+ * pending until then, so the commits in between do not signal it again.
+ * That bounds what dispatch costs a busy ledger (a pass and a signal per
+ * commit took a quarter of a core at a few thousand commits a second) and
+ * adds at most this much to the latency.
  */
 #define WORKER_DISPATCH_GAP_US 1000
-#define WORKER_READY_MAX_MS 100
-#define WORKER_RECORD_DELAY_MS 10
 
 PGDLLEXPORT void webhook_launcher_main(Datum main_arg);
 
@@ -365,6 +369,7 @@ worker_judge(Delivery *d)
 typedef struct WorkerPass
 {
 	bool		dispatch;		/* look for newly committed events */
+	bool		fetch;			/* fetch even if dispatch queues nothing */
 	bool		check_ready;	/* look for the extension first */
 	bool		ready;			/* the extension exists */
 	int			fetch_limit;
@@ -385,9 +390,9 @@ worker_pass(void *arg)
 	}
 	if (worker_done_count > 0)
 		queue_record(worker_done, worker_done_count);
-	if (pass->dispatch)
-		queue_dispatch();
-	if (pass->fetch_limit > 0)
+	if (pass->dispatch && queue_dispatch() > 0)
+		pass->fetch = true;
+	if (pass->fetch && pass->fetch_limit > 0)
 	{
 		/* Not to be fetched: what is in flight, ready or quarantined. */
 		int			held_count = 0;
@@ -726,14 +731,17 @@ worker_release_stale(TimestampTz now)
 
 /*
  * Whether the outcomes waiting to be recorded should be now: nothing is
- * left ready (the pass refills the queue), there are as many as there are
- * slots, or the first has waited WORKER_RECORD_DELAY_MS.
+ * left ready while there is a backlog (the pass refills the queue), there
+ * are as many as there are slots, or the first has waited
+ * WORKER_RECORD_DELAY_MS. Under a steady trickle (no backlog) they wait
+ * for the next dispatch pass instead, which records them on its way: one
+ * transaction, not two.
  */
 static bool
-worker_record_due(TimestampTz now)
+worker_record_due(TimestampTz now, bool backlog)
 {
 	return worker_done_count > 0 &&
-		(worker_ready_count == 0 || worker_done_count >= http_max_in_flight() ||
+		((backlog && worker_ready_count == 0) || worker_done_count >= http_max_in_flight() ||
 		 TimestampDifferenceExceeds(worker_done_since, now, WORKER_RECORD_DELAY_MS));
 }
 
@@ -794,7 +802,7 @@ webhook_worker_main(Datum main_arg)
 	Oid			database = DatumGetObjectId(main_arg);
 	TimestampTz last_poll = 0;
 	TimestampTz last_dispatch = 0;
-	bool		dispatch_wanted = false;
+	bool		backlog = true;	/* the last fetch found plenty */
 	TimestampTz last_retention = 0;
 	bool		retention_pending = false;
 	bool		ready = false;
@@ -868,9 +876,7 @@ webhook_worker_main(Datum main_arg)
 		worker_quarantine_expire(now);
 		released += worker_release_stale(now);
 		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
-		wake = webhook_consume_wake();
-		if (wake & WEBHOOK_WAKE_DISPATCH)
-			dispatch_wanted = true;
+		wake = now - last_dispatch >= WORKER_DISPATCH_GAP_US ? webhook_consume_wake() : 0;
 		if ((wake & WEBHOOK_WAKE_RESCAN) || poll_due)
 			worker_position_count = 0;
 
@@ -887,8 +893,9 @@ webhook_worker_main(Datum main_arg)
 		memset(&pass, 0, sizeof(pass));
 		pass.check_ready = !ready || poll_due;
 		pass.ready = ready;
-		pass.dispatch = poll_due ||
-			(dispatch_wanted && now - last_dispatch >= WORKER_DISPATCH_GAP_US);
+		pass.dispatch = poll_due || (wake & WEBHOOK_WAKE_DISPATCH);
+		pass.fetch = poll_due || (wake & WEBHOOK_WAKE_RESCAN) || worker_done_count > 0 ||
+			released > 0;
 		pass.fetch_limit = Max(0, worker_free_slots(now) + http_max_in_flight() -
 							   worker_ready_count);
 
@@ -896,7 +903,7 @@ webhook_worker_main(Datum main_arg)
 		 * A pass is worth a transaction when there are new events, outcomes
 		 * due to be recorded, or ready deliveries just let go to fetch again.
 		 */
-		if (pass.dispatch || worker_record_due(now) || released > 0)
+		if (pass.dispatch || worker_record_due(now, backlog) || released > 0)
 		{
 			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
 				worker_forget_done();
@@ -923,11 +930,11 @@ webhook_worker_main(Datum main_arg)
 			if (poll_due)
 				last_poll = now;
 			if (pass.dispatch)
-			{
-				dispatch_wanted = false;
 				last_dispatch = now;
-			}
 		}
+
+		if (pass.fetch && pass.fetch_limit > 0)
+			backlog = pass.fetched_count >= WORKER_BACKLOG_MIN;
 
 		/* After commit: queue the fetched deliveries, start what fits. */
 		if (pass.fetched_count > 0)
@@ -968,7 +975,7 @@ webhook_worker_main(Datum main_arg)
 		if (worker_ready_count > 0)
 			timeout_ms = Min(timeout_ms, WORKER_READY_MAX_MS -
 							 (long) ((now - worker_ready[0]->fetched_at) / 1000));
-		if (dispatch_wanted)
+		if (webhook_wake_pending())
 			timeout_ms = Min(timeout_ms,
 							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
 		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
