@@ -107,6 +107,7 @@ static TimestampTz worker_done_since = 0;	/* when the first of them finished */
 static Delivery **worker_ready = NULL;	/* fetched, not started: oldest first */
 static int	worker_ready_count = 0;
 static int	worker_capacity = 0;
+static TimestampTz worker_listened_at = 0;	/* when curl last read the sockets */
 
 /*
  * The worker's position in each endpoint's queue (see due_deliveries):
@@ -639,16 +640,20 @@ worker_collect_completed(void)
  * WORKER_STALLED_MS for their answer stop counting against
  * webhook.concurrency, up to as many again: endpoints that hang cannot
  * take every slot before they are known to be failing (after which
- * due_deliveries gives each of them one request at a time).
+ * due_deliveries gives each of them one request at a time). Their wait
+ * is measured to the last time the worker read its sockets: time it spent
+ * in a long pass of its own, not reading answers, does not make a request
+ * look stalled.
  */
 static int
-worker_free_slots(TimestampTz now)
+worker_free_slots(void)
 {
 	int			limit = http_max_in_flight();
 	int			stalled = 0;
 
 	for (int i = 0; i < worker_in_flight_count; i++)
-		if (TimestampDifferenceExceeds(worker_in_flight[i]->started_at, now, WORKER_STALLED_MS))
+		if (TimestampDifferenceExceeds(worker_in_flight[i]->started_at, worker_listened_at,
+									   WORKER_STALLED_MS))
 			stalled++;
 	return Max(0, Min(limit - (worker_in_flight_count - stalled),
 					  2 * limit - worker_in_flight_count));
@@ -673,7 +678,7 @@ worker_endpoint_in_flight(const pg_uuid_t *endpoint)
  * webhook.endpoint_concurrency allow; the rest stay ready, in order.
  */
 static void
-worker_start_ready(TimestampTz now)
+worker_start_ready(void)
 {
 	int			free_slots;
 	int			kept = 0;
@@ -681,7 +686,7 @@ worker_start_ready(TimestampTz now)
 
 	if (worker_ready_count == 0)
 		return;
-	free_slots = worker_free_slots(now);
+	free_slots = worker_free_slots();
 	for (int i = 0; i < worker_ready_count; i++)
 	{
 		Delivery   *d = worker_ready[i];
@@ -838,6 +843,14 @@ webhook_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * A plan made while the queue tables are small (after CREATE EXTENSION,
+	 * or an ANALYZE of an idle queue) would read them whole once they fill,
+	 * until the next re-plan at the poll. Every read of the worker goes
+	 * through a key or an index: keep the planner on them.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	worker_context = AllocSetContextCreate(TopMemoryContext, "webhook_outbox deliveries",
 										   ALLOCSET_DEFAULT_SIZES);
 	worker_capacity = 64;
@@ -869,7 +882,7 @@ webhook_worker_main(Datum main_arg)
 
 		released = worker_collect_completed();
 		now = GetCurrentTimestamp();
-		worker_start_ready(now);
+		worker_start_ready();
 		if (worker_in_flight_count == 0 && worker_done_count > 0)
 			worker_report_activity(ready);
 
@@ -896,7 +909,7 @@ webhook_worker_main(Datum main_arg)
 		pass.dispatch = poll_due || (wake & WEBHOOK_WAKE_DISPATCH);
 		pass.fetch = poll_due || (wake & WEBHOOK_WAKE_RESCAN) || worker_done_count > 0 ||
 			released > 0;
-		pass.fetch_limit = Max(0, worker_free_slots(now) + http_max_in_flight() -
+		pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
 							   worker_ready_count);
 
 		/*
@@ -947,7 +960,7 @@ webhook_worker_main(Datum main_arg)
 				worker_ready[worker_ready_count++] = pass.fetched[i];
 			}
 			pfree(pass.fetched);
-			worker_start_ready(now);
+			worker_start_ready();
 		}
 
 		if (ready && !retention_pending &&
@@ -979,6 +992,7 @@ webhook_worker_main(Datum main_arg)
 			timeout_ms = Min(timeout_ms,
 							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
 		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
+		worker_listened_at = GetCurrentTimestamp();
 	}
 
 	/*
