@@ -91,6 +91,7 @@ extern void http_shutdown(void);
 extern void http_apply_settings(void);
 extern void http_start(Delivery *delivery);
 extern int	http_max_in_flight(void);
+extern void http_limit_connections(int connections);
 extern bool http_wait(long timeout_ms, uint32 wait_event_info);
 extern Delivery *http_next_completed(void);
 

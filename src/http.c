@@ -52,6 +52,7 @@ typedef struct HttpSocket
 
 static CURLM *http_multi = NULL;
 static int	http_request_limit = 64;	/* webhook.concurrency, bounded by files */
+static long http_connection_limit = 0;	/* as last given to curl */
 static long http_timer_ms = -1;	/* what curl last asked for; -1 = none */
 static TimestampTz http_timer_set_at = 0;
 
@@ -255,7 +256,7 @@ http_apply_settings(void)
 		requests = Min(requests, Max(1, (long) limit.rlim_cur / 4 - 16));
 	http_request_limit = (int) requests;
 
-	curl_multi_setopt(http_multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 2 * requests);
+	http_limit_connections(requests);
 	curl_multi_setopt(http_multi, CURLMOPT_MAXCONNECTS, requests);
 
 	/*
@@ -433,6 +434,24 @@ int
 http_max_in_flight(void)
 {
 	return http_request_limit;
+}
+
+/*
+ * Let curl hold at most this many connections, in use or idle: the
+ * requests the worker lets be in flight now (webhook.concurrency, plus the
+ * stalled ones it no longer counts). When a request needs a connection to
+ * another host and none is free, curl closes the oldest idle one, so
+ * connections kept for reuse never push the worker past its limit.
+ */
+void
+http_limit_connections(int connections)
+{
+	long		limit = Max(1, Min(connections, 2 * http_request_limit));
+
+	if (limit == http_connection_limit)
+		return;
+	curl_multi_setopt(http_multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, limit);
+	http_connection_limit = limit;
 }
 
 /*

@@ -655,6 +655,7 @@ worker_free_slots(void)
 		if (TimestampDifferenceExceeds(worker_in_flight[i]->started_at, worker_listened_at,
 									   WORKER_STALLED_MS))
 			stalled++;
+	http_limit_connections(limit + stalled);
 	return Max(0, Min(limit - (worker_in_flight_count - stalled),
 					  2 * limit - worker_in_flight_count));
 }
