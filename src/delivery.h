@@ -41,6 +41,7 @@ typedef struct Delivery
 
 	TimestampTz due_at;			/* its next_attempt_at when fetched */
 	TimestampTz fetched_at;		/* when the worker took it (worker.c) */
+	int64		busy_us_at_start;	/* the worker's time in transactions then */
 
 	/* the transfer (http.c) */
 	CURL	   *easy;
