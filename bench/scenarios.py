@@ -443,13 +443,17 @@ def scenario_memory(b, runs, context):
             '(shared buffers the worker touched); %d samples; %.0f deliveries/s from the first '
             'emit to the last delivery' % (peak['VmHWM'] / mb, peak['RssFile'] / mb,
                                              peak['RssShmem'] / mb, sampler.samples, rate))
+    at_peak = max(sampler.series, key=lambda sample: sample[1], default=(0, 0, 0))
+    fds_note = ('at the peak %d sockets and %d other files (PostgreSQL\'s own: relation '
+                'files and their forks, WAL, log, latch); most sockets at any sample %d'
+                % (at_peak[2], at_peak[1] - at_peak[2], peak['sockets']))
     return [
         row('memory', 'worker private memory (RssAnon), %d deliveries to %d endpoints'
             % (events * k, k), 'MB', '<= 64', [peak['RssAnon'] / mb], 'lower', 64, note),
         row('memory', 'worker VmRSS (counts shared buffers too)', 'MB', 'see note',
             [peak['VmRSS'] / mb], 'lower', None),
         row('memory', 'worker open files (webhook.concurrency = %d)' % concurrency, 'fds',
-            '<= %d' % (concurrency + 32), [peak['fds']], 'lower', concurrency + 32),
+            '<= %d' % (concurrency + 32), [peak['fds']], 'lower', concurrency + 32, fds_note),
     ]
 
 
