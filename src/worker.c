@@ -75,14 +75,13 @@
  * The ready queue: a fetch takes up to WORKER_PREFETCH times
  * webhook.endpoint_concurrency deliveries per endpoint (counting those in
  * flight) and up to webhook.concurrency beyond the free slots in all.
- * Outcomes are recorded when nothing is left ready while the last fetch
- * found at least WORKER_BACKLOG_MIN, when there are webhook.concurrency of
- * them, or WORKER_RECORD_DELAY_MS after the first.
+ * Outcomes are recorded by any pass that runs anyway (a dispatch, a
+ * refetch), and otherwise once there are webhook.concurrency of them or
+ * WORKER_RECORD_DELAY_MS after the first.
  */
 #define WORKER_PREFETCH 4
 #define WORKER_READY_MAX_MS 100
 #define WORKER_RECORD_DELAY_MS 10
-#define WORKER_BACKLOG_MIN 8
 
 /*
  * A commit that emitted wakes the worker to dispatch; under a stream of
@@ -582,11 +581,14 @@ worker_reserve(int n)
 }
 
 /*
- * Let go of the ready deliveries to an endpoint (after it failed: the next
- * fetch decides, with the circuit breaker, what it gets); returns how many.
+ * Give back untried the ready deliveries to an endpoint (it just failed:
+ * the next fetch decides, with the circuit breaker, what it gets), or with
+ * endpoint NULL those fetched before fetched_before. They stay pending in
+ * the table, behind the worker's position, which is forgotten; returns how
+ * many.
  */
 static int
-worker_release_endpoint(const pg_uuid_t *endpoint)
+worker_release_ready(const pg_uuid_t *endpoint, TimestampTz fetched_before)
 {
 	int			kept = 0;
 	int			released = 0;
@@ -595,8 +597,11 @@ worker_release_endpoint(const pg_uuid_t *endpoint)
 	{
 		Delivery   *d = worker_ready[i];
 
-		if (memcmp(&d->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+		if (endpoint != NULL ?
+			memcmp(&d->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0 :
+			d->fetched_at < fetched_before)
 		{
+			worker_forget_position(&d->endpoint_id);
 			queue_free_delivery(d);
 			released++;
 		}
@@ -604,8 +609,6 @@ worker_release_endpoint(const pg_uuid_t *endpoint)
 			worker_ready[kept++] = d;
 	}
 	worker_ready_count = kept;
-	if (released > 0)
-		worker_forget_position(endpoint);
 	return released;
 }
 
@@ -633,7 +636,7 @@ worker_collect_completed(void)
 			worker_done_since = GetCurrentTimestamp();
 		worker_done[worker_done_count++] = d;
 		if (d->outcome != OUTCOME_SUCCEEDED)
-			released += worker_release_endpoint(&d->endpoint_id);
+			released += worker_release_ready(&d->endpoint_id, 0);
 	}
 	return released;
 }
@@ -647,7 +650,8 @@ worker_collect_completed(void)
  * counts only the time the worker was reading its sockets: up to the last
  * time it did, less the time it spent in its own transactions meanwhile
  * (a pass that dispatches 100,000 deliveries takes a second, during which
- * curl does not even send what was just started).
+ * curl does not even send what was just started). curl is told the same
+ * limit for its connections, idle ones included.
  */
 static int
 worker_free_slots(void)
@@ -718,46 +722,17 @@ worker_start_ready(void)
 }
 
 /*
- * Let go of deliveries ready for longer than WORKER_READY_MAX_MS (they
- * stay pending in the table, and the next fetch may take them again);
- * returns how many.
- */
-static int
-worker_release_stale(TimestampTz now)
-{
-	int			kept = 0;
-	int			released = 0;
-
-	for (int i = 0; i < worker_ready_count; i++)
-	{
-		Delivery   *d = worker_ready[i];
-
-		if (TimestampDifferenceExceeds(d->fetched_at, now, WORKER_READY_MAX_MS))
-		{
-			worker_forget_position(&d->endpoint_id);
-			queue_free_delivery(d);
-			released++;
-		}
-		else
-			worker_ready[kept++] = d;
-	}
-	worker_ready_count = kept;
-	return released;
-}
-
-/*
- * Whether the outcomes waiting to be recorded should be now: nothing is
- * left ready while there is a backlog (the pass refills the queue), there
- * are as many as there are slots, or the first has waited
- * WORKER_RECORD_DELAY_MS. Under a steady trickle (no backlog) they wait
- * for the next dispatch pass instead, which records them on its way: one
- * transaction, not two.
+ * Whether the outcomes waiting to be recorded need a pass of their own:
+ * there are as many as there are slots, or the first has waited
+ * WORKER_RECORD_DELAY_MS. Until then a pass that runs anyway (a dispatch
+ * under a steady trickle) records them on its way: one transaction, not
+ * two.
  */
 static bool
-worker_record_due(TimestampTz now, bool backlog)
+worker_record_due(TimestampTz now)
 {
 	return worker_done_count > 0 &&
-		((backlog && worker_ready_count == 0) || worker_done_count >= http_max_in_flight() ||
+		(worker_done_count >= http_max_in_flight() ||
 		 TimestampDifferenceExceeds(worker_done_since, now, WORKER_RECORD_DELAY_MS));
 }
 
@@ -818,7 +793,6 @@ webhook_worker_main(Datum main_arg)
 	Oid			database = DatumGetObjectId(main_arg);
 	TimestampTz last_poll = 0;
 	TimestampTz last_dispatch = 0;
-	bool		backlog = true;	/* the last fetch found plenty */
 	TimestampTz last_retention = 0;
 	bool		retention_pending = false;
 	bool		ready = false;
@@ -898,7 +872,7 @@ webhook_worker_main(Datum main_arg)
 			worker_report_activity(ready);
 
 		worker_quarantine_expire(now);
-		released += worker_release_stale(now);
+		released += worker_release_ready(NULL, now - (TimestampTz) WORKER_READY_MAX_MS * 1000);
 		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
 		wake = now - last_dispatch >= WORKER_DISPATCH_GAP_US ? webhook_consume_wake() : 0;
 		if ((wake & WEBHOOK_WAKE_RESCAN) || poll_due)
@@ -920,15 +894,15 @@ webhook_worker_main(Datum main_arg)
 		pass.dispatch = poll_due || (wake & WEBHOOK_WAKE_DISPATCH);
 		pass.fetch = poll_due || (wake & WEBHOOK_WAKE_RESCAN) || worker_done_count > 0 ||
 			released > 0;
-		pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
-							   worker_ready_count);
 
 		/*
 		 * A pass is worth a transaction when there are new events, outcomes
 		 * due to be recorded, or ready deliveries just let go to fetch again.
 		 */
-		if (pass.dispatch || worker_record_due(now, backlog) || released > 0)
+		if (pass.dispatch || worker_record_due(now) || released > 0)
 		{
+			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
+								   worker_ready_count);
 			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
 				worker_forget_done();
 			else
@@ -956,9 +930,6 @@ webhook_worker_main(Datum main_arg)
 			if (pass.dispatch)
 				last_dispatch = now;
 		}
-
-		if (pass.fetch && pass.fetch_limit > 0)
-			backlog = pass.fetched_count >= WORKER_BACKLOG_MIN;
 
 		/* After commit: queue the fetched deliveries, start what fits. */
 		if (pass.fetched_count > 0)

@@ -18,7 +18,6 @@ Usage: receiver.py [--port N] [--port-file FILE] [--log FILE]
                    [--tls-cert FILE --tls-key FILE]   (serve https)
 """
 
-import argparse
 import collections
 import http.server
 import os
@@ -29,7 +28,7 @@ import sys
 import threading
 import time
 
-from serving import record_request, serve
+from serving import arguments, record_request, serve
 
 HANG_SECONDS = 600
 
@@ -134,10 +133,7 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="HTTP receiver for webhook tests")
-    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
-    parser.add_argument("--port-file", help="write the bound port here")
-    parser.add_argument("--log", help="append one JSON line per request here")
+    parser = arguments("HTTP receiver for webhook tests")
     parser.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     parser.add_argument("--tls-key", help="... and this key (PEM)")
     args = parser.parse_args()

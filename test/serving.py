@@ -1,15 +1,27 @@
 """test/serving.py: what the test and demo HTTP servers share.
 
-serve() ends each server's main(): it exits at once on SIGTERM, writes the
+arguments() starts each server's command line (--port, --port-file,
+--log). serve() ends its main(): it exits at once on SIGTERM, writes the
 bound port where the caller waits for it (write then rename, so a reader
 never sees a partial number), and serves until stopped. record_request()
 appends a request to the JSON-lines log the TAP tests read.
 """
 
+import argparse
 import json
 import os
 import signal
 import time
+
+
+def arguments(description):
+    """The command line every test server takes (--port, --port-file,
+    --log); a server adds its own options to the parser returned."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--port-file", help="write the bound port here")
+    parser.add_argument("--log", help="append one JSON line per request here")
+    return parser
 
 
 def record_request(log_file, lock, handler, body):

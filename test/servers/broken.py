@@ -21,7 +21,6 @@ whether the client hung up first.
 Usage: broken.py [--port N] [--port-file FILE] [--log FILE]
 """
 
-import argparse
 import json
 import os
 import socket
@@ -32,7 +31,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from serving import serve  # noqa: E402
+from serving import arguments, serve  # noqa: E402
 
 MAX_SECONDS = 600                   # no misbehaviour lasts longer than this
 
@@ -160,10 +159,7 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="misbehaving HTTP receiver for tests")
-    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
-    parser.add_argument("--port-file", help="write the bound port here")
-    parser.add_argument("--log", help="append one JSON line per request here")
+    parser = arguments("misbehaving HTTP receiver for tests")
     args = parser.parse_args()
 
     server = Server(args.port, args.log)

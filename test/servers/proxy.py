@@ -10,7 +10,6 @@ Plain http only: a CONNECT (https) is logged and refused with 501.
 Usage: proxy.py [--port N] [--port-file FILE] [--log FILE]
 """
 
-import argparse
 import http.client
 import http.server
 import os
@@ -19,7 +18,7 @@ import threading
 import urllib.parse
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from serving import record_request, serve  # noqa: E402
+from serving import arguments, record_request, serve  # noqa: E402
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
               "te", "trailer", "transfer-encoding", "upgrade"}
@@ -83,10 +82,7 @@ class Proxy(http.server.ThreadingHTTPServer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="forward HTTP proxy for tests")
-    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
-    parser.add_argument("--port-file", help="write the bound port here")
-    parser.add_argument("--log", help="append one JSON line per request here")
+    parser = arguments("forward HTTP proxy for tests")
     args = parser.parse_args()
 
     server = Proxy(args.port, args.log)
