@@ -18,6 +18,7 @@
 PG_MODULE_MAGIC;
 
 char	   *webhook_database = NULL;
+char	   *webhook_tenant = NULL;
 int			webhook_concurrency = 64;
 int			webhook_per_endpoint_concurrency = 16;
 int			webhook_timeout_ms = 15000;
@@ -155,6 +156,11 @@ _PG_init(void)
 							   "Database the webhook delivery worker serves.",
 							   NULL, &webhook_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("webhook.tenant",
+							   "Tenant that this session emits for and is scoped to.",
+							   "Empty means no tenant: every tenant's rows are in scope.",
+							   &webhook_tenant, "",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("webhook.concurrency",
 							"HTTP requests in flight at once.",
 							NULL, &webhook_concurrency, 64, 1, 4096,

@@ -16,11 +16,12 @@
 
 #include "utils/guc.h"
 
-#define WEBHOOK_OUTBOX_VERSION "0.1"
+#define WEBHOOK_OUTBOX_VERSION "0.2"
 #define WEBHOOK_USER_AGENT "webhook_outbox/" WEBHOOK_OUTBOX_VERSION
 
 /* Parameters (webhook_outbox.c) */
 extern char *webhook_database;
+extern char *webhook_tenant;
 extern int	webhook_concurrency;
 extern int	webhook_per_endpoint_concurrency;
 extern int	webhook_timeout_ms;
