@@ -24,7 +24,7 @@ RESET ROLE;
 --
 CREATE ROLE regress_webhook_app LOGIN;
 GRANT USAGE ON SCHEMA webhook TO regress_webhook_app;
-GRANT EXECUTE ON FUNCTION webhook.emit(text, jsonb) TO regress_webhook_app;
+GRANT EXECUTE ON FUNCTION webhook.emit(text, jsonb, text, text, text) TO regress_webhook_app;
 
 -- Its own ledger table; the owner of the extension adds the trigger.
 CREATE TABLE app_journal (id integer PRIMARY KEY, status text NOT NULL DEFAULT 'draft');

@@ -82,7 +82,7 @@ SELECT webhook.record_attempts(
     ARRAY[false, false, false],
     ARRAY['succeeded', 'retry', 'failed'],
     ARRAY[NULL, now() + interval '1 hour', NULL]::timestamptz[],
-    interval '5 days');
+    ARRAY[0, 0, 0], interval '5 days');
 
 SELECT CASE endpoint_id WHEN :'a' THEN 'a' ELSE 'b' END AS endpoint,
        (SELECT payload->>'n' FROM webhook.event_log e WHERE e.id = d.event_id) AS n,
@@ -132,13 +132,13 @@ SELECT count(*) AS probed FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}',
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000003']::uuid[], ARRAY[:'b']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[503], ARRAY[NULL], ARRAY[''], ARRAY[false],
-    ARRAY['retry'], ARRAY[now() + interval '1 minute'], interval '5 days');
+    ARRAY['retry'], ARRAY[now() + interval '1 minute'], ARRAY[0], interval '5 days');
 SELECT now() - failing_since AS failing_for, now() - last_failure_at AS last_failure
   FROM webhook.endpoints WHERE id = :'b';
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000002']::uuid[], ARRAY[:'b']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[204], ARRAY[NULL], ARRAY[''], ARRAY[false],
-    ARRAY['succeeded'], ARRAY[NULL]::timestamptz[], interval '5 days');
+    ARRAY['succeeded'], ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days');
 SELECT failing_since, last_failure_at FROM webhook.endpoints WHERE id = :'b';
 
 -- Re-enabling clears the failure clock too.
@@ -151,7 +151,7 @@ SELECT failing_since, last_failure_at FROM webhook.endpoints WHERE id = :'b';
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000001']::uuid[], ARRAY[:'a']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[410], ARRAY['endpoint answered 410 Gone: disabled'],
-    ARRAY[''], ARRAY[false], ARRAY['gone'], ARRAY[NULL]::timestamptz[], interval '5 days');
+    ARRAY[''], ARRAY[false], ARRAY['gone'], ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days');
 SELECT enabled, disabled_reason FROM webhook.endpoints WHERE id = :'a';
 SELECT (SELECT payload->>'n' FROM webhook.event_log e WHERE e.id = d.event_id) AS n,
        status, next_attempt_at
