@@ -67,7 +67,8 @@ DELETE FROM webhook.endpoints WHERE created_at >= :'limits_start';
 
 --
 -- headers: a name has at most 256 characters (ASCII: names are HTTP
--- tokens), a value at most 8192 characters.
+-- tokens), a value at most 8192 characters and at least one that is not
+-- blank.
 --
 SELECT label, length(name) AS name_length, length(value) AS value_length,
        o.code, o.detail

@@ -54,6 +54,23 @@ SELECT label, o.code
        outcome(format('SELECT webhook.create_webhook(%L)', url)) AS o;
 SELECT count(*) - :endpoints_before AS endpoints_created FROM webhook.endpoints;
 SELECT max(length(url)) AS longest_url FROM webhook.endpoints;
+
+-- A URL in an error shows its credentials masked as ******** -- the whole
+-- password, '@' and all: the userinfo ends at the last '@' before the path.
+-- Nothing of a password reaches the error (or the server log).
+SELECT label, o.code, o.message, o.message ~ '55|123' AS shows_a_password
+  FROM (VALUES ('password',             'https://user:pa55@example.com/my hooks'),
+               ('@ in the password',    'https://user:p@55@example.com/my hooks'),
+               ('... and no space',     'https://user:p@55@example.com/hooks'),
+               ('@@ in the password',   'https://user:p@@55@example.com/my hooks'),
+               (': in the password',    'https://user:p:a@55@example.com/my hooks'),
+               ('token as user name',   'https://tok@123@example.com/my hooks'),
+               ('empty user name',      'https://:pa55@example.com/my hooks'),
+               ('one slash',            'https:/user:pa55@example.com/hooks'),
+               ('no scheme',            'user:pa55@example.com/hooks'),
+               ('no credentials',       'https://example.com/my hooks?to=a@b')
+       ) AS t(label, url),
+       outcome(format('SELECT webhook.create_webhook(%L)', url)) AS o;
 DELETE FROM webhook.endpoints;
 SELECT count(*) AS endpoints_before FROM webhook.endpoints \gset
 
@@ -126,7 +143,7 @@ SELECT name, o.code, o.message, o.detail
                ('webhook-anything'),
                ('Connection'), ('Keep-Alive'), ('Proxy-Authorization'),
                ('TE'), ('Trailer'), ('Transfer-Encoding'), ('Upgrade'),
-               ('Expect')
+               ('Expect'), ('Proxy-Connection'), ('Proxy-Foo'), ('proxy-anything')
        ) AS t(name),
        outcome(format('SELECT webhook.create_webhook(%L, headers => %L)',
                       'https://example.com/hooks',
@@ -140,12 +157,52 @@ SELECT headers, o.code
   FROM (VALUES ('{"Authorization": "Bearer abc", "X-Tenant": "acme"}'),
                ('{"X-Webhook": "not a prefix match", "Webhooks-Version": "2"}'),
                ('{"X-Hosted-By": "a\tb", "Accept": "*/*"}'),
+               ('{"X-Proxy-Id": "7", "Proxy": "not a prefix match"}'),
                ('{"!#$%&''*+-.^_`|~09azAZ": "every token character"}'),
                ('{}')
        ) AS t(headers),
        outcome(format('SELECT webhook.create_webhook(%L, headers => %L)',
                       'https://example.com/hooks', headers)) AS o;
 SELECT headers FROM webhook.endpoints ORDER BY id;
+DELETE FROM webhook.endpoints;
+
+-- Header names are case-insensitive: two names differing only in case would
+-- both be sent, so they are refused, naming both. An empty or blank value
+-- is refused: libcurl would not send the header but remove its own header
+-- of that name. No error shows a header value (it may be a credential).
+SELECT label, o.code, o.message, o.detail
+  FROM (VALUES ('names differ in case',  '{"X-A": "secret-1", "x-a": "secret-2"}'),
+               ('third of three',        '{"Accept": "*/*", "X-Key": "secret-1", "X-KEY": "secret-2"}'),
+               ('empty value',           '{"Accept": ""}'),
+               ('blank value',           '{"Accept": "  "}'),
+               ('tab value',             '{"X-Tenant": "\t"}')
+       ) AS t(label, headers),
+       outcome(format('SELECT webhook.create_webhook(%L, headers => %L)',
+                      'https://example.com/hooks', headers)) AS o;
+
+-- At most 50 headers, and at most 65536 bytes of names and values in all
+-- (room for eight values at their limit of 8192 characters).
+SELECT label, o.code, o.message, o.detail,
+       o.message LIKE '%secret%' OR o.detail LIKE '%secret%' AS shows_a_value
+  FROM (VALUES ('50 headers',
+                (SELECT jsonb_object_agg('X-H' || i, 'secret-' || i) FROM generate_series(1, 50) i)),
+               ('51 headers',
+                (SELECT jsonb_object_agg('X-H' || i, 'secret-' || i) FROM generate_series(1, 51) i)),
+               ('500 headers of 8 kB',
+                (SELECT jsonb_object_agg('X-H' || i, 'secret-' || repeat('x', 8185)) FROM generate_series(1, 500) i)),
+               ('65536 bytes',   -- 8 names of 3 bytes, 8 values of 8189
+                (SELECT jsonb_object_agg('X-' || chr(64 + i), 'secret-' || repeat('x', 8182))
+                   FROM generate_series(1, 8) i)),
+               ('65537 bytes',
+                (SELECT jsonb_object_agg('X-' || chr(64 + i),
+                                         'secret-' || repeat('x', 8182 + (i = 8)::int))
+                   FROM generate_series(1, 8) i))
+       ) AS t(label, headers),
+       outcome(format('SELECT webhook.create_webhook(%L, headers => %L)',
+                      'https://example.com/hooks', headers)) AS o;
+SELECT count(*) AS endpoints_created,
+       min((SELECT count(*) FROM jsonb_object_keys(headers))) AS fewest_headers
+  FROM webhook.endpoints;
 DELETE FROM webhook.endpoints;
 
 --
@@ -214,6 +271,10 @@ SELECT label, o.code, o.message
                ('pattern',      format('event_types => %L', '{*}')),
                ('headers',      format('headers => %L', '{"Host": "example.org"}')),
                ('header value', format('headers => %L', '{"X-Tenant": "a\nb"}')),
+               ('header case',  format('headers => %L', '{"X-Tenant": "a", "x-tenant": "b"}')),
+               ('empty value',  format('headers => %L', '{"X-Tenant": ""}')),
+               ('51 headers',   format('headers => %L',
+                                       (SELECT jsonb_object_agg('X-H' || i, 'v') FROM generate_series(1, 51) i))),
                ('valid and invalid together',
                 format('url => %L, description => %L, headers => %L',
                        'https://example.org/', 'changed', '[]'))

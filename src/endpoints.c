@@ -2,7 +2,8 @@
  *
  * endpoints.c
  *		SQL-callable checks behind webhook.create_webhook and
- *		webhook.update_webhook, and secret generation.
+ *		webhook.update_webhook, the masking of credentials in URLs, and
+ *		secret generation.
  *
  * The endpoint functions themselves are SQL (webhook_outbox--0.1.sql); the
  * rules they enforce live here and in validate.c so that every entry point
@@ -24,6 +25,7 @@
 
 #define ENDPOINTS_SECRET_BYTES 32
 #define ENDPOINTS_DISPLAY_MAX 120
+#define ENDPOINTS_MASK "********"	/* stands for a credential wherever shown */
 
 /*
  * A user-supplied value as shown in an error message: control characters
@@ -60,25 +62,84 @@ webhook_value_for_display(const char *value)
 }
 
 /*
- * The URL as shown in an error: credentials in it replaced by "***", the
- * rest as webhook_value_for_display shows it.
+ * Where the authority of url starts: after "scheme:" and the slashes that
+ * follow (two in a URL, but an invalid one shown in an error may have one
+ * or none, as in "https:/user:password@host"); in a string that does not
+ * start with a scheme, after its first "://", else after leading slashes.
+ */
+static const char *
+endpoints_authority(const char *url)
+{
+	const char *p = url;
+	const char *separator;
+
+	if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z'))
+	{
+		p += strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-");
+		if (*p == ':')
+			return p + 1 + strspn(p + 1, "/");
+	}
+	separator = strstr(url, "://");
+	if (separator != NULL)
+		return separator + 3;
+	return url + strspn(url, "/");
+}
+
+/*
+ * The URL with the credentials of its userinfo masked: "user:password"
+ * becomes "user:********", a userinfo without a colon (a bare token used
+ * as user name) becomes "********". The userinfo ends at the last '@'
+ * before the path, query or fragment, so that a password holding an '@'
+ * is masked whole. The one URL masker: errors and webhook.mask_url use it.
+ */
+static char *
+endpoints_mask_url(const char *url)
+{
+	const char *authority = endpoints_authority(url);
+	const char *end;
+	const char *at = NULL;
+	const char *colon;
+	const char *kept_until;
+
+	end = authority + strcspn(authority, "/?#");
+	for (const char *p = authority; p < end; p++)
+		if (*p == '@')
+			at = p;
+	if (at == NULL)
+		return pstrdup(url);
+	/* a user name has no colon: the first one starts the password */
+	colon = memchr(authority, ':', at - authority);
+	kept_until = (colon != NULL) ? colon + 1 : authority;
+	return psprintf("%.*s%s%s", (int) (kept_until - url), url, ENDPOINTS_MASK, at);
+}
+
+/*
+ * The URL as shown in an error: credentials masked, the rest as
+ * webhook_value_for_display shows it.
  */
 static char *
 endpoints_url_for_display(const char *url)
 {
-	const char *authority = strstr(url, "://");
-	const char *at;
-	const char *end;
+	return webhook_value_for_display(endpoints_mask_url(url));
+}
 
-	if (authority != NULL)
-	{
-		authority += 3;
-		end = authority + strcspn(authority, "/?#");
-		at = memchr(authority, '@', end - authority);
-		if (at != NULL)
-			url = psprintf("%.*s***%s", (int) (authority - url), url, at);
-	}
-	return webhook_value_for_display(url);
+/*
+ * Raise 22023 unless the header names seen so far, names[0..count], are
+ * distinct ignoring case: HTTP header names are case-insensitive, and both
+ * "X-A" and "x-a" would be sent. The names are valid tokens (ASCII).
+ */
+static void
+endpoints_require_distinct_name(char **names, int count)
+{
+	for (int i = 0; i < count; i++)
+		if (pg_strcasecmp(names[i], names[count]) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("webhook headers \"%s\" and \"%s\" differ only in case",
+							webhook_value_for_display(names[i]),
+							webhook_value_for_display(names[count])),
+					 errdetail("Header names are case-insensitive: both headers would be sent."),
+					 errhint("Keep one of them.")));
 }
 
 /*
@@ -119,7 +180,10 @@ webhook_check_url(PG_FUNCTION_ARGS)
 
 /*
  * webhook.check_headers(headers): raise unless headers is a JSON object of
- * string values with valid, non-reserved names and no control characters.
+ * at most WEBHOOK_MAX_HEADERS non-empty string values, with valid,
+ * non-reserved names distinct ignoring case, no control characters, and
+ * at most WEBHOOK_MAX_HEADERS_SIZE bytes of names and values in all. No
+ * error shows a value: it may be a credential.
  */
 PG_FUNCTION_INFO_V1(webhook_check_headers);
 Datum
@@ -130,12 +194,24 @@ webhook_check_headers(PG_FUNCTION_ARGS)
 	JsonbValue	v;
 	JsonbIteratorToken token;
 	char	   *name = NULL;
+	char	  **names;
+	int			count;
+	int			seen = 0;
+	size_t		size = 0;
 
 	if (!JB_ROOT_IS_OBJECT(headers))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("webhook headers must be a JSON object"),
 				 errhint("Pass headers such as '{\"Authorization\": \"Bearer ...\"}'.")));
+	count = JB_ROOT_COUNT(headers);
+	if (count > WEBHOOK_MAX_HEADERS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many webhook headers: %d", count),
+				 errdetail("An endpoint has at most %d custom headers.",
+						   WEBHOOK_MAX_HEADERS)));
+	names = palloc(sizeof(char *) * Max(count, 1));
 
 	it = JsonbIteratorInit(&headers->root);
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
@@ -152,6 +228,10 @@ webhook_check_headers(PG_FUNCTION_ARGS)
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid webhook header name \"%s\"", name),
 						 errdetail("%s", problem)));
+			names[seen] = pnstrdup(v.val.string.val, v.val.string.len);
+			endpoints_require_distinct_name(names, seen);
+			seen++;
+			size += v.val.string.len;
 		}
 		else if (token == WJB_VALUE)
 		{
@@ -165,9 +245,29 @@ webhook_check_headers(PG_FUNCTION_ARGS)
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid value for webhook header \"%s\"", name),
 						 errdetail("%s", problem)));
+			size += v.val.string.len;
 		}
 	}
+	if (size > WEBHOOK_MAX_HEADERS_SIZE)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("webhook headers are too large: %zu bytes", size),
+				 errdetail("The names and values of an endpoint's custom headers have at most %d bytes in all.",
+						   WEBHOOK_MAX_HEADERS_SIZE)));
 	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.mask_url(url): the URL as endpoints are listed, its credentials
+ * masked as in errors.
+ */
+PG_FUNCTION_INFO_V1(webhook_mask_url);
+Datum
+webhook_mask_url(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_TEXT_P(cstring_to_text(endpoints_mask_url(url)));
 }
 
 /*

@@ -17,14 +17,25 @@
 
 #include <curl/curl.h>
 
-/* Headers the extension sets itself, or that only a transport may set. */
+/*
+ * Headers the extension sets itself, or that only a transport may set.
+ * (Proxy-* names are refused as a prefix, see validate_header_name.)
+ */
 static const char *const validate_reserved_headers[] = {
 	"content-type", "user-agent", "host", "content-length",
-	"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-	"proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
-	"upgrade", "expect",
+	"connection", "keep-alive", "te", "trailer", "trailers",
+	"transfer-encoding", "upgrade", "expect",
 	NULL
 };
+
+/* Whether name[0..len) starts with prefix, ignoring ASCII case. */
+static bool
+validate_has_prefix(const char *name, size_t len, const char *prefix)
+{
+	size_t		prefix_len = strlen(prefix);
+
+	return len >= prefix_len && strncasecmp(name, prefix, prefix_len) == 0;
+}
 
 /*
  * Whether the string holds a byte that has no place in a URL or header:
@@ -171,18 +182,28 @@ validate_header_name(const char *name, size_t len)
 	for (const char *const *r = validate_reserved_headers; *r != NULL; r++)
 		if (strlen(*r) == len && strncasecmp(name, *r, len) == 0)
 			return "This header is set by webhook_outbox itself or by the HTTP transport.";
-	if ((len >= 10 && strncasecmp(name, "x-webhook-", 10) == 0) ||
-		(len >= 8 && strncasecmp(name, "webhook-", 8) == 0))
+	if (validate_has_prefix(name, len, "x-webhook-") ||
+		validate_has_prefix(name, len, "webhook-"))
 		return "Headers named X-Webhook-* and webhook-* are set by webhook_outbox itself.";
+	if (validate_has_prefix(name, len, "proxy-"))
+		return "Headers named Proxy-* are meant for a proxy, not for the endpoint.";
 	return NULL;
 }
 
 /*
- * Check a custom header's value: no CR, LF or other control characters.
+ * Check a custom header's value: not empty or blank (libcurl reads
+ * "Name:" with nothing after it as "do not send Name", which would remove a
+ * header it sets itself), no CR, LF or other control characters.
  */
 const char *
 validate_header_value(const char *value, size_t len)
 {
+	size_t		blank = 0;
+
+	while (blank < len && (value[blank] == ' ' || value[blank] == '\t'))
+		blank++;
+	if (blank == len)
+		return "A header value must not be empty or blank: libcurl would remove the header instead of sending it.";
 	if (validate_character_count(value, len) > WEBHOOK_MAX_HEADER_VALUE_LENGTH)
 		return "A header value has at most 8192 characters.";
 	if (memchr(value, '\0', len) != NULL || validate_has_control(value, len, true))

@@ -21,6 +21,8 @@
 #define WEBHOOK_MAX_SECRET_LENGTH 256
 #define WEBHOOK_MAX_HEADER_NAME_LENGTH 256
 #define WEBHOOK_MAX_HEADER_VALUE_LENGTH 8192
+#define WEBHOOK_MAX_HEADERS 50			/* custom headers of one endpoint */
+#define WEBHOOK_MAX_HEADERS_SIZE 65536	/* bytes of their names and values */
 #define WEBHOOK_MAX_EVENT_TYPE_LENGTH 255
 
 extern const char *validate_url(const char *url, size_t len);

@@ -100,6 +100,7 @@ fuzz_header_name(const char *s, size_t len)
 		REQUIRE(s[i] != '\0' && s[i] != ':' && s[i] != ' ' && !has_control(s + i, 1, false) &&
 				(unsigned char) s[i] < 0x80);
 	REQUIRE(!(len >= 8 && strncasecmp(s, "webhook-", 8) == 0));
+	REQUIRE(!(len >= 6 && strncasecmp(s, "proxy-", 6) == 0));
 	REQUIRE(!(len == 4 && strncasecmp(s, "host", 4) == 0));
 }
 
@@ -111,6 +112,8 @@ fuzz_header_value(const char *s, size_t len)
 	REQUIRE(len <= 4 * WEBHOOK_MAX_HEADER_VALUE_LENGTH);
 	REQUIRE(utf8_or_bytes_count(s, len) <= WEBHOOK_MAX_HEADER_VALUE_LENGTH);
 	REQUIRE(!has_control(s, len, true) && memchr(s, '\0', len) == NULL);
+	/* not empty or blank: libcurl would remove the header instead */
+	REQUIRE(strspn(s, " \t") < len);
 }
 
 static void
