@@ -146,12 +146,42 @@ guc_assign_retry_schedule(const char *newval, void *extra)
 }
 
 /*
- * Define the webhook.* parameters; when preloaded, also ask for shared
- * memory and register the delivery worker.
+ * Refuse to be loaded anywhere but from shared_preload_libraries; true when
+ * preloaded.  Loaded later, by CREATE EXTENSION or LOAD in an ordinary
+ * session, defining the PGC_POSTMASTER parameter webhook.database would end
+ * the session with a FATAL, and the shared memory and worker the library
+ * needs could not exist anyway.  An ERROR raised here aborts only the
+ * statement: CREATE EXTENSION rolls back whole, and since a library whose
+ * _PG_init fails is not marked loaded, every later attempt meets the same
+ * ERROR.  pg_upgrade loads each library into the new cluster whether it is
+ * preloaded there or not, so in binary-upgrade mode this only warns and
+ * returns false, and the caller defines nothing.
+ */
+static bool
+guc_require_preload(void)
+{
+	if (process_shared_preload_libraries_in_progress)
+		return true;
+
+	ereport(IsBinaryUpgrade ? WARNING : ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("webhook_outbox must be loaded via shared_preload_libraries"),
+			 errdetail("The delivery worker and its shared memory are set up only at server start."),
+			 errhint("Add \"webhook_outbox\" to shared_preload_libraries in postgresql.conf and restart the server.")));
+	return false;
+}
+
+/*
+ * Define the webhook.* parameters, ask for shared memory and register the
+ * delivery worker; outside shared_preload_libraries, refuse instead.
  */
 void
 _PG_init(void)
 {
+	/* first, before anything is defined that a refusal would leave behind */
+	if (!guc_require_preload())
+		return;
+
 	DefineCustomStringVariable("webhook.database",
 							   "Database the webhook delivery worker serves.",
 							   NULL, &webhook_database, "postgres",
