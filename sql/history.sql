@@ -30,6 +30,15 @@ SELECT webhook.emit('journal_entry.reversed', '{"entry_id": 1}') AS reversed_id 
 -- Nothing delivered yet in this database.
 SELECT count(*) AS deliveries FROM webhook.deliveries;
 
+-- Sending by hand acts on dispatched events only. Nothing serves this
+-- database, so dispatch by hand, with both endpoints disabled meanwhile so
+-- that it queues nothing: the events are then dispatched, and undelivered.
+SELECT FROM webhook.update_webhook(:'all_id', enabled => false);
+SELECT FROM webhook.update_webhook(:'journal_id', enabled => false);
+SELECT deliveries FROM webhook.dispatch_new_events(1000000);
+SELECT FROM webhook.update_webhook(:'all_id', enabled => true);
+SELECT FROM webhook.update_webhook(:'journal_id', enabled => true);
+
 --
 -- retry_delivery(event_id, endpoint_id): queue one event for one endpoint,
 -- now, whatever the endpoint's filter.

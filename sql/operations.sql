@@ -33,10 +33,13 @@ SELECT id AS disabled FROM webhook.create_webhook('https://example.com/disabled'
 SELECT FROM webhook.update_webhook(:'disabled', enabled => false);
 UPDATE webhook.endpoints SET failing_since = now() - interval '30 minutes' WHERE id = :'failing';
 
--- Four events of the last half hour, one of the last minute.
+-- Four events of the last half hour, one of the last minute. The first
+-- three were dispatched long ago (txid 3: a transaction every snapshot sees
+-- as committed); the last is this transaction's, not dispatched yet.
 INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid)
 SELECT ('00000000-0000-7000-8000-00000000000' || n)::uuid, 'journal_entry.posted',
-       jsonb_build_object('entry_id', n), now() - age, pg_current_xact_id()
+       jsonb_build_object('entry_id', n), now() - age,
+       CASE WHEN n < 4 THEN '3'::xid8 ELSE pg_current_xact_id() END
   FROM (VALUES (1, interval '30 minutes'), (2, interval '20 minutes'),
                (3, interval '10 minutes'), (4, interval '30 seconds')) AS e(n, age);
 
@@ -89,7 +92,7 @@ SELECT description, enabled, disabled_reason IS NOT NULL AS has_reason, failing_
 
 --
 -- webhook.queue_status: one row. Due, scheduled and parked deliveries; the
--- oldest one not parked; events the worker has not dispatched yet (those
+-- oldest one not parked; events the worker has not dispatched yet (the one
 -- of this transaction: nothing serves this database); the last minute's
 -- rates; the worker (none here).
 --

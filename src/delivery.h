@@ -30,6 +30,7 @@ typedef struct Delivery
 	pg_uuid_t	endpoint_id;
 	int			attempt;		/* number of this attempt, from 1 */
 	bool		manual;			/* asked for by retry_delivery or replay */
+	int			manual_requests;	/* the row's count of them when fetched */
 	char	   *url;
 	char	   *body;
 	size_t		body_len;
@@ -61,6 +62,7 @@ typedef struct Delivery
 	char	   *error;			/* NULL when a response says it all */
 	DeliveryOutcome outcome;
 	TimestampTz next_attempt_at;
+	bool		record_later;	/* its row was locked: record at a later pass */
 
 	struct Delivery *next;		/* in the worker's completed list */
 } Delivery;
@@ -76,13 +78,28 @@ typedef struct QueuePosition
 	pg_uuid_t	event_id;
 } QueuePosition;
 
+/* A delivery by its key: (event, endpoint). */
+typedef struct DeliveryKey
+{
+	pg_uuid_t	event_id;
+	pg_uuid_t	endpoint_id;
+} DeliveryKey;
+
+/* What the worker finds in its database (queue_schema_state). */
+typedef enum SchemaState
+{
+	SCHEMA_MISSING,				/* no CREATE EXTENSION yet */
+	SCHEMA_OTHER_VERSION,		/* installed, but not this library's version */
+	SCHEMA_READY
+} SchemaState;
+
 /* queue.c: the worker's SQL, each call inside a transaction */
-extern bool queue_extension_ready(void);
-extern int	queue_dispatch(void);
-extern Delivery **queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
-							  QueuePosition *positions, int position_count,
-							  int *fetched, MemoryContext context);
-extern void queue_record(Delivery **done, int count);
+extern SchemaState queue_schema_state(char **version);
+extern int64 queue_dispatch(int max_events, int *events);
+extern int	queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
+						QueuePosition *positions, int position_count,
+						Delivery **fetched, MemoryContext context);
+extern int	queue_record(Delivery **done, int count, bool history);
 extern int64 queue_remove_old_history(int batch);
 extern void queue_free_delivery(Delivery *delivery);
 
@@ -91,6 +108,7 @@ extern void http_init(void);
 extern void http_shutdown(void);
 extern void http_apply_settings(void);
 extern void http_start(Delivery *delivery);
+extern void http_abandon(Delivery *delivery);
 extern int	http_max_in_flight(void);
 extern void http_limit_connections(int connections);
 extern bool http_wait(long timeout_ms, uint32 wait_event_info);

@@ -383,6 +383,13 @@ http_start(Delivery *delivery)
 				 errmsg("could not create a libcurl handle")));
 	delivery->easy = easy;
 
+	/* Fault injection for the tests (webhook.test_fail_start_url). */
+	if (webhook_test_fail_start_url[0] != '\0' &&
+		strstr(delivery->url, webhook_test_fail_start_url) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not start a delivery: injected fault")));
+
 	curl_easy_setopt(easy, CURLOPT_URL, delivery->url);
 	curl_easy_setopt(easy, CURLOPT_POST, 1L);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, delivery->body);
@@ -422,6 +429,26 @@ http_start(Delivery *delivery)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not start a delivery: %s", curl_multi_strerror(rc))));
 	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Let go of a delivery whose start failed half-way: its handle is not
+ * reused (its state is unknown), its headers are freed.
+ */
+void
+http_abandon(Delivery *delivery)
+{
+	if (delivery->easy != NULL)
+	{
+		curl_multi_remove_handle(http_multi, delivery->easy);
+		curl_easy_cleanup(delivery->easy);
+		delivery->easy = NULL;
+	}
+	if (delivery->headers != NULL)
+	{
+		curl_slist_free_all(delivery->headers);
+		delivery->headers = NULL;
+	}
 }
 
 /*

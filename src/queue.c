@@ -63,29 +63,54 @@ queue_execute(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
 }
 
 /*
- * Whether the extension is installed in the worker's database.
+ * Whether the extension is installed in the worker's database, and at the
+ * version this library expects; *version is set to the installed one.
  */
-bool
-queue_extension_ready(void)
+SchemaState
+queue_schema_state(char **version)
 {
-	return OidIsValid(get_extension_oid("webhook_outbox", true));
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum("webhook_outbox")};
+	SchemaState state = SCHEMA_MISSING;
+
+	*version = NULL;
+	if (!OidIsValid(get_extension_oid("webhook_outbox", true)))
+		return SCHEMA_MISSING;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = $1",
+							  1, types, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		*version = MemoryContextStrdup(TopMemoryContext,
+									   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		state = strcmp(*version, WEBHOOK_OUTBOX_VERSION) == 0 ? SCHEMA_READY : SCHEMA_OTHER_VERSION;
+	}
+	SPI_finish();
+	return state;
 }
 
 /*
- * Turn newly committed events into pending deliveries; returns how many.
+ * Dispatch one chunk of newly committed events, at most max_events: set
+ * *events to how many it took (fewer than max_events: the pass is complete)
+ * and return how many deliveries it queued.
  */
-int
-queue_dispatch(void)
+int64
+queue_dispatch(int max_events, int *events)
 {
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(max_events)};
 	bool		isnull;
-	int64		count;
+	int64		deliveries;
 
-	SPI_connect();
-	queue_execute(&dispatch_plan, "SELECT webhook.dispatch_new_events()", 0, NULL, NULL, NULL,
-				  SPI_OK_SELECT);
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	queue_execute(&dispatch_plan, "SELECT events, deliveries FROM webhook.dispatch_new_events($1)",
+				  1, types, values, NULL, SPI_OK_SELECT);
+	*events = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	deliveries = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_finish();
-	return (int) count;
+	return deliveries;
 }
 
 /*
@@ -159,30 +184,32 @@ queue_format_timestamp(TimestampTz timestamp, char *buffer, size_t size)
 }
 
 /*
- * Fetch up to limit due deliveries, at most per_endpoint for any endpoint
- * counting those the worker holds already (held), each endpoint's after
- * the worker's position in it if it has one; each ready to send,
- * allocated in context, in the order of the queue.
+ * Fetch up to limit due deliveries into fetched (room for limit), at most
+ * per_endpoint for any endpoint counting those the worker holds already
+ * (busy), each endpoint's after the worker's position in it if it has one;
+ * each ready to send, allocated in context, in the order of the queue.
+ * Returns how many. Each is in fetched as soon as it is allocated, so that
+ * the caller can free them all should anything fail half-way.
  */
-Delivery **
-queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
-			QueuePosition *positions, int position_count, int *fetched,
+int
+queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
+			QueuePosition *positions, int position_count, Delivery **fetched,
 			MemoryContext context)
 {
 	Oid			types[7] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
 		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID};
 	Datum		values[7];
-	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(held_count, 1));
-	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(held_count, 1));
+	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
+	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
 	pg_uuid_t  *after_endpoints = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
 	Datum	   *after_at = palloc(sizeof(Datum) * Max(position_count, 1));
 	pg_uuid_t  *after_events = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
-	Delivery  **result;
+	int			count;
 
-	for (int i = 0; i < held_count; i++)
+	for (int i = 0; i < busy_count; i++)
 	{
-		busy_events[i] = held[i]->event_id;
-		busy_endpoints[i] = held[i]->endpoint_id;
+		busy_events[i] = busy[i].event_id;
+		busy_endpoints[i] = busy[i].endpoint_id;
 	}
 	for (int i = 0; i < position_count; i++)
 	{
@@ -190,8 +217,8 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		after_at[i] = TimestampTzGetDatum(positions[i].at);
 		after_events[i] = positions[i].event_id;
 	}
-	values[0] = queue_uuid_array(busy_events, held_count);
-	values[1] = queue_uuid_array(busy_endpoints, held_count);
+	values[0] = queue_uuid_array(busy_events, busy_count);
+	values[1] = queue_uuid_array(busy_endpoints, busy_count);
 	values[2] = Int32GetDatum(per_endpoint);
 	values[3] = Int32GetDatum(limit);
 	values[4] = queue_uuid_array(after_endpoints, position_count);
@@ -200,14 +227,14 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 												TYPALIGN_DOUBLE));
 	values[6] = queue_uuid_array(after_events, position_count);
 
-	SPI_connect();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	queue_execute(&fetch_plan,
 				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7)",
 				  7, types, values, NULL, SPI_OK_SELECT);
 
-	*fetched = (int) SPI_processed;
-	result = MemoryContextAlloc(context, sizeof(Delivery *) * Max(*fetched, 1));
-	for (int i = 0; i < *fetched; i++)
+	count = (int) Min(SPI_processed, (uint64) limit);
+	for (int i = 0; i < count; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -218,6 +245,8 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		Datum		headers;
 		StringInfoData body;
 		MemoryContext old;
+
+		fetched[i] = d;
 
 		d->event_id = *DatumGetUUIDP(SPI_getbinval(row, desc, 1, &isnull));
 		d->endpoint_id = *DatumGetUUIDP(SPI_getbinval(row, desc, 2, &isnull));
@@ -236,6 +265,7 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		if (!isnull)
 			d->headers = queue_custom_headers(DatumGetJsonbP(headers));
 		d->due_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 12, &isnull));
+		d->manual_requests = DatumGetInt32(SPI_getbinval(row, desc, 13, &isnull));
 
 		/* The body is the same on every attempt: the signature covers it. */
 		old = MemoryContextSwitchTo(context);
@@ -245,14 +275,14 @@ queue_fetch(int limit, int per_endpoint, Delivery **held, int held_count,
 		MemoryContextSwitchTo(old);
 		d->body = body.data;
 		d->body_len = body.len;
-		result[i] = d;
 	}
 	SPI_finish();
-	return result;
+	return count;
 }
 
 /*
- * Release a delivery once its outcome is recorded.
+ * Release a delivery once its outcome is recorded (or a half-built one,
+ * after a failed fetch).
  */
 void
 queue_free_delivery(Delivery *d)
@@ -263,10 +293,14 @@ queue_free_delivery(Delivery *d)
 		explicit_bzero(d->secret, strlen(d->secret));
 	if (d->previous_secret)
 		explicit_bzero(d->previous_secret, strlen(d->previous_secret));
-	pfree(d->event_type);
-	pfree(d->url);
-	pfree(d->body);
-	pfree(d->event_id_text);
+	if (d->event_type)
+		pfree(d->event_type);
+	if (d->url)
+		pfree(d->url);
+	if (d->body)
+		pfree(d->body);
+	if (d->event_id_text)
+		pfree(d->event_id_text);
 	if (d->secret)
 		pfree(d->secret);
 	if (d->previous_secret)
@@ -296,23 +330,28 @@ queue_array(Datum *elements, bool *nulls, int count, Oid type)
 }
 
 /*
- * Record the outcome of each finished attempt in one statement batch.
+ * Record the outcome of each finished attempt in one statement, with its
+ * history row unless history is false (the last resort for an outcome
+ * whose history row cannot be written). A delivery whose row another
+ * transaction holds is not recorded: it is marked record_later. Returns
+ * how many were marked so.
  */
-void
-queue_record(Delivery **done, int count)
+int
+queue_record(Delivery **done, int count, bool history)
 {
 	static const char *const outcome_names[] = {"succeeded", "retry", "failed", "gone"};
-	Oid			types[12] = {UUIDARRAYOID, UUIDARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+	Oid			types[14] = {UUIDARRAYOID, UUIDARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
 		FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INTERVALOID};
-	Oid			element_types[11] = {UUIDOID, UUIDOID, INT4OID, TIMESTAMPTZOID,
-		FLOAT8OID, INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TIMESTAMPTZOID};
-	Datum	   *columns[11];
-	bool	   *column_nulls[11];
-	Datum		values[12];
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INTERVALOID, BOOLOID};
+	Oid			element_types[12] = {UUIDOID, UUIDOID, INT4OID, TIMESTAMPTZOID,
+	FLOAT8OID, INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum	   *columns[12];
+	bool	   *column_nulls[12];
+	Datum		values[14];
 	Interval   *disable_after = palloc0(sizeof(Interval));
+	int			later = 0;
 
-	for (int c = 0; c < 11; c++)
+	for (int c = 0; c < 12; c++)
 	{
 		columns[c] = palloc(sizeof(Datum) * count);
 		column_nulls[c] = palloc0(sizeof(bool) * count);
@@ -321,6 +360,7 @@ queue_record(Delivery **done, int count)
 	{
 		Delivery   *d = done[i];
 
+		d->record_later = false;
 		columns[0][i] = UUIDPGetDatum(&d->event_id);
 		columns[1][i] = UUIDPGetDatum(&d->endpoint_id);
 		columns[2][i] = Int32GetDatum(d->attempt);
@@ -337,16 +377,39 @@ queue_record(Delivery **done, int count)
 		columns[9][i] = CStringGetTextDatum(outcome_names[d->outcome]);
 		columns[10][i] = TimestampTzGetDatum(d->next_attempt_at);
 		column_nulls[10][i] = (d->outcome != OUTCOME_RETRY);
+		columns[11][i] = Int32GetDatum(d->manual_requests);
 	}
-	for (int c = 0; c < 11; c++)
+	for (int c = 0; c < 12; c++)
 		values[c] = queue_array(columns[c], column_nulls[c], count, element_types[c]);
 	disable_after->time = (int64) webhook_disable_after_s * USECS_PER_SEC;
-	values[11] = IntervalPGetDatum(disable_after);
+	values[12] = IntervalPGetDatum(disable_after);
+	values[13] = BoolGetDatum(history);
 
-	SPI_connect();
-	queue_execute(&record_plan, "SELECT webhook.record_attempts($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-				  12, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	queue_execute(&record_plan, "SELECT event_id, endpoint_id FROM webhook.record_attempts("
+				  "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+				  14, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		pg_uuid_t  *event = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+														SPI_tuptable->tupdesc, 1, &isnull));
+		pg_uuid_t  *endpoint = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (int i = 0; i < count; i++)
+			if (!done[i]->record_later &&
+				memcmp(&done[i]->event_id, event, sizeof(pg_uuid_t)) == 0 &&
+				memcmp(&done[i]->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+			{
+				done[i]->record_later = true;
+				later++;
+				break;
+			}
+	}
 	SPI_finish();
+	return later;
 }
 
 /*
@@ -364,7 +427,8 @@ queue_remove_old_history(int batch)
 	retention->time = (int64) webhook_retention_s * USECS_PER_SEC;
 	values[0] = IntervalPGetDatum(retention);
 	values[1] = Int32GetDatum(batch);
-	SPI_connect();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	queue_execute(&remove_plan, "SELECT webhook.remove_old_history($1, $2)", 2, types, values, NULL,
 				  SPI_OK_SELECT);
 	removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

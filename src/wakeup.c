@@ -23,12 +23,25 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
+
+#include <signal.h>
 
 typedef struct WebhookShared
 {
 	pg_atomic_uint32 wake_pending;	/* WEBHOOK_WAKE_* bits: set by committers,
 									 * cleared by the worker */
 	Latch	   *worker_latch;	/* NULL while no worker runs */
+
+	/*
+	 * The delivery worker serving a database: at most one, whatever happens
+	 * to the launcher (a launcher that died by FATAL leaves its worker
+	 * running, and its successor must not start a second one that would
+	 * send every delivery again). Guarded by lock.
+	 */
+	slock_t		lock;
+	Oid			worker_database;
+	pid_t		worker_pid;		/* 0 when none */
 } WebhookShared;
 
 static WebhookShared *wakeup_shared = NULL;
@@ -86,6 +99,9 @@ wakeup_shmem_startup(void)
 	{
 		pg_atomic_init_u32(&wakeup_shared->wake_pending, 0);
 		wakeup_shared->worker_latch = NULL;
+		SpinLockInit(&wakeup_shared->lock);
+		wakeup_shared->worker_database = InvalidOid;
+		wakeup_shared->worker_pid = 0;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -151,6 +167,56 @@ webhook_wake_at_commit(uint32 reasons)
 }
 
 /*
+ * The pid of the live delivery worker serving database, or 0. A slot whose
+ * process is gone (it cannot normally outlive its process: the worker
+ * clears it on exit, and a crash resets shared memory) counts as free.
+ */
+pid_t
+webhook_worker_pid(Oid database)
+{
+	pid_t		pid = 0;
+
+	if (wakeup_shared == NULL)
+		return 0;
+	SpinLockAcquire(&wakeup_shared->lock);
+	if (wakeup_shared->worker_database == database)
+		pid = wakeup_shared->worker_pid;
+	SpinLockRelease(&wakeup_shared->lock);
+	if (pid != 0 && kill(pid, 0) != 0 && errno == ESRCH)
+		pid = 0;
+	return pid;
+}
+
+/*
+ * Claim the slot of the delivery worker for database; false if another
+ * live worker holds it (or one for another database: one is served).
+ */
+bool
+webhook_worker_claim(Oid database)
+{
+	pid_t		holder;
+	bool		claimed = false;
+
+	if (wakeup_shared == NULL)
+		return true;
+	SpinLockAcquire(&wakeup_shared->lock);
+	holder = wakeup_shared->worker_pid;
+	SpinLockRelease(&wakeup_shared->lock);
+	/* kill() outside the spinlock; the claim below rechecks the holder */
+	if (holder != 0 && holder != MyProcPid && kill(holder, 0) != 0 && errno == ESRCH)
+		holder = 0;
+	SpinLockAcquire(&wakeup_shared->lock);
+	if (wakeup_shared->worker_pid == holder && (holder == 0 || holder == MyProcPid))
+	{
+		wakeup_shared->worker_database = database;
+		wakeup_shared->worker_pid = MyProcPid;
+		claimed = true;
+	}
+	SpinLockRelease(&wakeup_shared->lock);
+	return claimed;
+}
+
+/*
  * Publish the worker's latch so committers can wake it.
  */
 void
@@ -165,13 +231,21 @@ webhook_worker_attach(void)
 }
 
 /*
- * Withdraw the worker's latch at exit.
+ * Withdraw the worker's latch and free its slot at exit.
  */
 void
 webhook_worker_detach(void)
 {
-	if (wakeup_shared != NULL)
+	if (wakeup_shared == NULL)
+		return;
+	SpinLockAcquire(&wakeup_shared->lock);
+	if (wakeup_shared->worker_pid == MyProcPid)
+	{
 		wakeup_shared->worker_latch = NULL;
+		wakeup_shared->worker_pid = 0;
+		wakeup_shared->worker_database = InvalidOid;
+	}
+	SpinLockRelease(&wakeup_shared->lock);
 }
 
 /*

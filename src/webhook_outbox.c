@@ -33,6 +33,7 @@ int			webhook_max_payload_size = 1024 * 1024;
 int			webhook_retention_s = 30 * 24 * 3600;
 int			webhook_poll_interval_ms = 1000;
 int			webhook_retry_after_max_s = 3600;
+char	   *webhook_test_fail_start_url = NULL;
 
 int			webhook_retry_delays_ms[WEBHOOK_MAX_RETRIES];
 int			webhook_retry_count = 0;
@@ -254,6 +255,16 @@ _PG_init(void)
 							"Longest Retry-After a receiver can impose.",
 							NULL, &webhook_retry_after_max_s, 3600, 0, 7 * 24 * 3600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
+	/*
+	 * Fault injection for the tests: starting a delivery whose URL contains
+	 * this string fails with an ERROR (test/t/047_start_failure.pl).
+	 */
+	DefineCustomStringVariable("webhook.test_fail_start_url",
+							   "Test only: fail the start of deliveries to URLs containing this.",
+							   NULL, &webhook_test_fail_start_url, "",
+							   PGC_SUSET, GUC_NOT_IN_SAMPLE | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("webhook");
 

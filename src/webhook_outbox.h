@@ -36,6 +36,7 @@ extern int	webhook_max_payload_size;
 extern int	webhook_retention_s;
 extern int	webhook_poll_interval_ms;
 extern int	webhook_retry_after_max_s;
+extern char *webhook_test_fail_start_url;
 
 /* Retry schedule parsed from webhook.retry_schedule, in milliseconds. */
 #define WEBHOOK_MAX_RETRIES 64
@@ -49,6 +50,8 @@ extern int	webhook_retry_count;
 extern void webhook_shmem_request(void);
 extern void webhook_wake_at_commit(uint32 reasons);
 extern void webhook_worker_attach(void);
+extern bool webhook_worker_claim(Oid database);
+extern pid_t webhook_worker_pid(Oid database);
 extern void webhook_worker_detach(void);
 extern uint32 webhook_consume_wake(void);
 extern bool webhook_wake_pending(void);

@@ -40,6 +40,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -50,6 +51,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
@@ -121,14 +123,31 @@ static int	worker_position_count = 0;
 static int	worker_position_capacity = 0;
 
 /*
- * Deliveries whose outcome could not be recorded: still pending and due in
- * the table, so they are kept out of fetches until next_attempt_at rather
- * than sent again at once, in a loop. Bounded; the oldest goes first.
+ * Deliveries whose outcome could not be recorded at all, not even without
+ * its history row (see worker_record_separately): still pending and due in
+ * the table, so they are kept out of fetches until their next try, and at
+ * least a minute, rather than sent again at once, in a loop. Only their
+ * keys are kept, as many as there are: none is let go early.
  */
-#define WORKER_QUARANTINE_MAX 256
 #define WORKER_QUARANTINE_MIN_MS (60 * 1000)
-static Delivery *worker_quarantine[WORKER_QUARANTINE_MAX];
+typedef struct QuarantinedDelivery
+{
+	DeliveryKey key;
+	TimestampTz until;
+} QuarantinedDelivery;
+static QuarantinedDelivery *worker_quarantine = NULL;
 static int	worker_quarantine_count = 0;
+static int	worker_quarantine_capacity = 0;
+
+/*
+ * A dispatch pass takes at most this many events a transaction: a big
+ * commit is dispatched in chunks, with deliveries started between them,
+ * and its transaction stays short.
+ */
+#define WORKER_DISPATCH_CHUNK 1000
+
+/* A delivery whose row an operator holds is recorded at most this often. */
+#define WORKER_RECORD_LATER_MS 100
 
 static void worker_reserve(int n);
 static void worker_report_activity(bool ready);
@@ -256,11 +275,14 @@ webhook_launcher_main(Datum main_arg)
 			{
 				Oid			database = launcher_database_oid();
 
-				if (OidIsValid(database))
-				{
+				/*
+				 * A worker may still serve the database without a handle of
+				 * ours: the one a previous launcher started before it died.
+				 * Start none beside it; look again later.
+				 */
+				if (OidIsValid(database) && webhook_worker_pid(database) == 0)
 					handle = launcher_start_worker(database);
-					last_launch = GetCurrentTimestamp();
-				}
+				last_launch = GetCurrentTimestamp();
 			}
 		}
 
@@ -367,16 +389,57 @@ worker_judge(Delivery *d)
 }
 
 /*
- * The transaction body of one pass: record, dispatch, fetch.
+ * One chunk of dispatch, in a transaction of its own: a dispatch that
+ * fails (say, a trigger an owner put on delivery_log) never keeps outcomes
+ * from being recorded or deliveries from being fetched.
+ */
+typedef struct WorkerDispatch
+{
+	int			events;			/* events the chunk took */
+	int64		deliveries;		/* deliveries it queued */
+} WorkerDispatch;
+
+static void
+worker_dispatch_chunk(void *arg)
+{
+	WorkerDispatch *chunk = (WorkerDispatch *) arg;
+
+	chunk->deliveries = queue_dispatch(WORKER_DISPATCH_CHUNK, &chunk->events);
+}
+
+/*
+ * Whether the extension's schema is this library's (see worker_check_schema).
+ */
+static void
+worker_schema_step(void *arg)
+{
+	SchemaState *state = (SchemaState *) arg;
+	char	   *version;
+	static bool said = false;
+
+	*state = queue_schema_state(&version);
+	if (*state == SCHEMA_OTHER_VERSION && !said)
+	{
+		ereport(LOG,
+				(errmsg("webhook_outbox worker is waiting: the extension in database \"%s\" is at version \"%s\", this library serves version \"%s\"",
+						get_database_name(MyDatabaseId), version, WEBHOOK_OUTBOX_VERSION),
+				 errhint("Run ALTER EXTENSION webhook_outbox UPDATE in that database; events emitted meanwhile are delivered afterwards.")));
+		said = true;
+	}
+	if (*state == SCHEMA_READY)
+		said = false;
+	if (version)
+		pfree(version);
+}
+
+/*
+ * The transaction body of a pass: record outcomes, fetch due deliveries.
  */
 typedef struct WorkerPass
 {
-	bool		dispatch;		/* look for newly committed events */
-	bool		fetch;			/* fetch even if dispatch queues nothing */
-	bool		check_ready;	/* look for the extension first */
-	bool		ready;			/* the extension exists */
+	bool		fetch;			/* fetch even if nothing was recorded */
 	int			fetch_limit;
-	Delivery  **fetched;
+	Delivery  **fetched;		/* room for fetch_limit */
 	int			fetched_count;
 } WorkerPass;
 
@@ -385,35 +448,69 @@ worker_pass(void *arg)
 {
 	WorkerPass *pass = (WorkerPass *) arg;
 
-	if (pass->check_ready)
-	{
-		pass->ready = queue_extension_ready();
-		if (!pass->ready)
-			return;
-	}
 	if (worker_done_count > 0)
-		queue_record(worker_done, worker_done_count);
-	if (pass->dispatch && queue_dispatch() > 0)
-		pass->fetch = true;
+		queue_record(worker_done, worker_done_count, true);
 	if (pass->fetch && pass->fetch_limit > 0)
 	{
-		/* Not to be fetched: what is in flight, ready or quarantined. */
-		int			held_count = 0;
-		Delivery  **held = palloc(sizeof(Delivery *) *
-								  (worker_in_flight_count + worker_ready_count +
-								   worker_quarantine_count + 1));
+		/*
+		 * Not to be fetched: what is in flight, ready, quarantined, or
+		 * waiting to be recorded.
+		 */
+		int			busy_count = 0;
+		DeliveryKey *busy = palloc(sizeof(DeliveryKey) *
+								   (worker_in_flight_count + worker_ready_count +
+									worker_quarantine_count + worker_done_count + 1));
 
-		memcpy(held + held_count, worker_in_flight, sizeof(Delivery *) * worker_in_flight_count);
-		held_count += worker_in_flight_count;
-		memcpy(held + held_count, worker_ready, sizeof(Delivery *) * worker_ready_count);
-		held_count += worker_ready_count;
-		memcpy(held + held_count, worker_quarantine, sizeof(Delivery *) * worker_quarantine_count);
-		held_count += worker_quarantine_count;
-		pass->fetched = queue_fetch(pass->fetch_limit,
-									webhook_per_endpoint_concurrency * WORKER_PREFETCH,
-									held, held_count, worker_positions, worker_position_count,
-									&pass->fetched_count, worker_context);
+		for (int i = 0; i < worker_in_flight_count; i++)
+		{
+			busy[busy_count].event_id = worker_in_flight[i]->event_id;
+			busy[busy_count++].endpoint_id = worker_in_flight[i]->endpoint_id;
+		}
+		for (int i = 0; i < worker_ready_count; i++)
+		{
+			busy[busy_count].event_id = worker_ready[i]->event_id;
+			busy[busy_count++].endpoint_id = worker_ready[i]->endpoint_id;
+		}
+		for (int i = 0; i < worker_done_count; i++)
+		{
+			busy[busy_count].event_id = worker_done[i]->event_id;
+			busy[busy_count++].endpoint_id = worker_done[i]->endpoint_id;
+		}
+		for (int i = 0; i < worker_quarantine_count; i++)
+			busy[busy_count++] = worker_quarantine[i].key;
+		pass->fetched_count = queue_fetch(pass->fetch_limit,
+										  webhook_per_endpoint_concurrency * WORKER_PREFETCH,
+										  busy, busy_count, worker_positions, worker_position_count,
+										  pass->fetched, worker_context);
 	}
+}
+
+/*
+ * Free what a failed pass had fetched: it stays pending in the table, and
+ * a later fetch takes it again.
+ */
+static void
+worker_free_fetched(WorkerPass *pass)
+{
+	for (int i = 0; i < pass->fetch_limit && pass->fetched[i] != NULL; i++)
+		queue_free_delivery(pass->fetched[i]);
+	pass->fetched_count = 0;
+}
+
+/*
+ * An array of the worker's (in worker_context) with room for at least
+ * needed elements of size bytes: the same one, or a larger one with the
+ * same contents; *capacity follows.
+ */
+static void *
+worker_grow(void *array, int needed, int *capacity, Size size)
+{
+	if (needed <= *capacity)
+		return array;
+	*capacity = Max(Max(16, needed), *capacity * 2);
+	return array == NULL ?
+		MemoryContextAlloc(worker_context, size * *capacity) :
+		repalloc(array, size * *capacity);
 }
 
 /*
@@ -439,14 +536,8 @@ worker_advance_position(const Delivery *d)
 
 	if (position == NULL)
 	{
-		if (worker_position_count == worker_position_capacity)
-		{
-			worker_position_capacity = Max(16, worker_position_capacity * 2);
-			worker_positions = worker_positions == NULL ?
-				MemoryContextAlloc(worker_context,
-								   sizeof(QueuePosition) * worker_position_capacity) :
-				repalloc(worker_positions, sizeof(QueuePosition) * worker_position_capacity);
-		}
+		worker_positions = worker_grow(worker_positions, worker_position_count + 1,
+									   &worker_position_capacity, sizeof(QueuePosition));
 		position = &worker_positions[worker_position_count++];
 		position->endpoint_id = d->endpoint_id;
 	}
@@ -468,12 +559,19 @@ worker_forget_position(const pg_uuid_t *endpoint)
 }
 
 /*
- * Record one outcome alone (after its batch failed to record).
+ * Record one outcome alone (after its batch failed to record), with its
+ * history row or, as a last resort, without.
  */
 static void
 worker_record_one(void *arg)
 {
-	queue_record((Delivery **) arg, 1);
+	queue_record((Delivery **) arg, 1, true);
+}
+
+static void
+worker_record_one_without_history(void *arg)
+{
+	queue_record((Delivery **) arg, 1, false);
 }
 
 /*
@@ -485,16 +583,15 @@ worker_quarantine_add(Delivery *d)
 {
 	TimestampTz earliest = GetCurrentTimestamp() +
 		(TimestampTz) WORKER_QUARANTINE_MIN_MS * 1000;
+	QuarantinedDelivery *entry;
 
-	if (d->outcome != OUTCOME_RETRY || d->next_attempt_at < earliest)
-		d->next_attempt_at = earliest;
-	if (worker_quarantine_count == WORKER_QUARANTINE_MAX)
-	{
-		queue_free_delivery(worker_quarantine[0]);
-		memmove(worker_quarantine, worker_quarantine + 1,
-				sizeof(Delivery *) * --worker_quarantine_count);
-	}
-	worker_quarantine[worker_quarantine_count++] = d;
+	worker_quarantine = worker_grow(worker_quarantine, worker_quarantine_count + 1,
+									&worker_quarantine_capacity, sizeof(QuarantinedDelivery));
+	entry = &worker_quarantine[worker_quarantine_count++];
+	entry->key.event_id = d->event_id;
+	entry->key.endpoint_id = d->endpoint_id;
+	entry->until = (d->outcome == OUTCOME_RETRY && d->next_attempt_at > earliest) ?
+		d->next_attempt_at : earliest;
 }
 
 /*
@@ -507,12 +604,8 @@ worker_quarantine_expire(TimestampTz now)
 	int			kept = 0;
 
 	for (int i = 0; i < worker_quarantine_count; i++)
-	{
-		if (worker_quarantine[i]->next_attempt_at <= now)
-			queue_free_delivery(worker_quarantine[i]);
-		else
+		if (worker_quarantine[i].until > now)
 			worker_quarantine[kept++] = worker_quarantine[i];
-	}
 	if (kept < worker_quarantine_count)
 		worker_position_count = 0;
 	worker_quarantine_count = kept;
@@ -520,47 +613,61 @@ worker_quarantine_expire(TimestampTz now)
 
 /*
  * Record each outcome of a batch that failed as a whole in a transaction of
- * its own, then without its response body. One that still cannot be
- * recorded is logged and quarantined: the batch is not sent again, and
- * neither is that delivery before its next try.
+ * its own; failing that, without its response body; failing that, without
+ * its history row (the delivery's state alone: a success is then never
+ * sent again, even after a restart). One that still cannot be recorded is
+ * logged and quarantined.
  */
 static void
 worker_record_separately(void)
+{
+	for (int i = 0; i < worker_done_count; i++)
+	{
+		Delivery   *d = worker_done[i];
+
+		if (worker_transaction(worker_record_one, &worker_done[i], "record a delivery outcome"))
+			continue;
+		d->response.len = 0;
+		d->response.data[0] = '\0';
+		if (worker_transaction(worker_record_one, &worker_done[i],
+							   "record a delivery outcome without its response"))
+			continue;
+		if (worker_transaction(worker_record_one_without_history, &worker_done[i],
+							   "record a delivery outcome without its history"))
+		{
+			ereport(WARNING,
+					(errmsg("webhook_outbox worker recorded an attempt of event %s without its history row",
+							d->event_id_text)));
+			continue;
+		}
+		ereport(WARNING,
+				(errmsg("webhook_outbox worker could not record an attempt of event %s; it is not tried again for a minute or more",
+						d->event_id_text)));
+		d->record_later = false;
+		worker_quarantine_add(d);
+	}
+}
+
+/*
+ * Release the recorded deliveries; keep those whose row was locked, to be
+ * recorded at a pass WORKER_RECORD_LATER_MS from now.
+ */
+static void
+worker_forget_done(void)
 {
 	int			kept = 0;
 
 	for (int i = 0; i < worker_done_count; i++)
 	{
-		Delivery   *d = worker_done[i];
-
-		if (!worker_transaction(worker_record_one, &worker_done[i], "record a delivery outcome"))
-		{
-			d->response.len = 0;
-			d->response.data[0] = '\0';
-			if (!worker_transaction(worker_record_one, &worker_done[i],
-									"record a delivery outcome without its response"))
-			{
-				ereport(WARNING,
-						(errmsg("webhook_outbox worker could not record an attempt of event %s; it is not tried again for a minute or more",
-								d->event_id_text)));
-				worker_quarantine_add(d);
-				continue;
-			}
-		}
-		worker_done[kept++] = d;
+		if (worker_done[i]->record_later)
+			worker_done[kept++] = worker_done[i];
+		else
+			queue_free_delivery(worker_done[i]);
 	}
 	worker_done_count = kept;
-}
-
-/*
- * Release the recorded deliveries.
- */
-static void
-worker_forget_done(void)
-{
-	for (int i = 0; i < worker_done_count; i++)
-		queue_free_delivery(worker_done[i]);
-	worker_done_count = 0;
+	if (kept > 0)
+		worker_done_since = GetCurrentTimestamp() +
+			(TimestampTz) (WORKER_RECORD_LATER_MS - WORKER_RECORD_DELAY_MS) * 1000;
 }
 
 /*
@@ -688,6 +795,48 @@ worker_endpoint_in_flight(const pg_uuid_t *endpoint)
 }
 
 /*
+ * Hand a delivery to curl. An error on the way (out of memory, curl
+ * refusing the handle) is that delivery's failed attempt, judged and
+ * recorded like any other: outside a transaction, an ERROR would otherwise
+ * end the worker and re-send everything in flight. Returns whether the
+ * request is in flight.
+ */
+static bool
+worker_http_start(Delivery *d)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	volatile bool started = true;
+
+	PG_TRY();
+	{
+		http_start(d);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error;
+
+		MemoryContextSwitchTo(caller);
+		error = CopyErrorData();
+		FlushErrorState();
+		http_abandon(d);
+		d->status_code = 0;
+		d->duration_ms = 0;
+		if (d->started_at == 0)
+			d->started_at = GetCurrentTimestamp();
+		d->error = MemoryContextStrdup(worker_context, error->message);
+		FreeErrorData(error);
+		worker_judge(d);
+		worker_reserve(1);
+		if (worker_done_count == 0)
+			worker_done_since = GetCurrentTimestamp();
+		worker_done[worker_done_count++] = d;
+		started = false;
+	}
+	PG_END_TRY();
+	return started;
+}
+
+/*
  * Start ready deliveries, oldest first, as far as the free slots and
  * webhook.endpoint_concurrency allow; the rest stay ready, in order.
  */
@@ -709,8 +858,8 @@ worker_start_ready(void)
 			worker_endpoint_in_flight(&d->endpoint_id) < webhook_per_endpoint_concurrency)
 		{
 			d->busy_us_at_start = worker_busy_us;
-			worker_in_flight[worker_in_flight_count++] = d;
-			http_start(d);
+			if (worker_http_start(d))
+				worker_in_flight[worker_in_flight_count++] = d;
 			started++;
 		}
 		else
@@ -796,6 +945,7 @@ webhook_worker_main(Datum main_arg)
 	TimestampTz last_retention = 0;
 	bool		retention_pending = false;
 	bool		ready = false;
+	bool		dispatch_more = false;	/* a big commit's next chunk is due */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -836,6 +986,14 @@ webhook_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * A backstop: the worker's statements skip rows users hold rather than
+	 * wait for them (see record_attempts); should one still wait on a lock
+	 * (an owner's ALTER TABLE, say), the pass fails and is tried again
+	 * instead of holding every delivery.
+	 */
+	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
+
 	worker_context = AllocSetContextCreate(TopMemoryContext, "webhook_outbox deliveries",
 										   ALLOCSET_DEFAULT_SIZES);
 	worker_capacity = 64;
@@ -844,16 +1002,31 @@ webhook_worker_main(Datum main_arg)
 	worker_ready = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
 
 	before_shmem_exit(worker_on_exit, (Datum) 0);
+	if (!webhook_worker_claim(database))
+	{
+		ereport(LOG,
+				(errmsg("webhook_outbox worker for the database of OID %u exits: another worker serves it",
+						database)));
+		proc_exit(0);
+	}
 	http_init();
 	webhook_worker_attach();
 	worker_report_activity(false);
 
+	/*
+	 * The cycle: take finished requests off curl and start ready ones; when
+	 * there is reason to, check the schema, dispatch a chunk of new events
+	 * (its own transaction), record outcomes and fetch due deliveries
+	 * (another); start what was fetched; remove old history; sleep.
+	 */
 	while (!ShutdownRequestPending)
 	{
 		TimestampTz now;
 		bool		poll_due;
 		int			released;
 		uint32		wake;
+		bool		fetch;
+		bool		dispatched = false;
 		WorkerPass	pass;
 		long		timeout_ms;
 
@@ -886,49 +1059,71 @@ webhook_worker_main(Datum main_arg)
 		 * would only notice at the next ANALYZE.
 		 */
 		if (poll_due)
+		{
 			ResetPlanCache();
+			last_poll = now;
+		}
 
-		memset(&pass, 0, sizeof(pass));
-		pass.check_ready = !ready || poll_due;
-		pass.ready = ready;
-		pass.dispatch = poll_due || (wake & WEBHOOK_WAKE_DISPATCH);
-		pass.fetch = poll_due || (wake & WEBHOOK_WAKE_RESCAN) || worker_done_count > 0 ||
-			released > 0;
+		/* Is the extension there, at this library's version? */
+		if (poll_due || (!ready && wake != 0))
+		{
+			SchemaState state = SCHEMA_MISSING;
+			bool		now_ready;
+
+			now_ready = worker_transaction(worker_schema_step, &state, "look for the extension") &&
+				state == SCHEMA_READY;
+			if (now_ready != ready)
+			{
+				ready = now_ready;
+				worker_report_activity(ready);
+			}
+		}
+
+		/* Dispatch a chunk of newly committed events. */
+		if (ready && (poll_due || (wake & WEBHOOK_WAKE_DISPATCH) || dispatch_more))
+		{
+			WorkerDispatch chunk = {0};
+
+			dispatched = worker_transaction(worker_dispatch_chunk, &chunk, "dispatch new events");
+			dispatch_more = dispatched && chunk.events >= WORKER_DISPATCH_CHUNK;
+			dispatched = dispatched && chunk.deliveries > 0;
+			last_dispatch = now;
+		}
 
 		/*
-		 * A pass is worth a transaction when there are new events, outcomes
-		 * due to be recorded, or ready deliveries just let go to fetch again.
+		 * Record and fetch when there are new deliveries, outcomes due to be
+		 * recorded (or riding along with a dispatch), ready deliveries just
+		 * let go to fetch again, or a reason to look at the queue afresh.
 		 */
-		if (pass.dispatch || worker_record_due(now) || released > 0)
+		fetch = dispatched || poll_due || (wake & WEBHOOK_WAKE_RESCAN) ||
+			worker_done_count > 0 || released > 0;
+		memset(&pass, 0, sizeof(pass));
+		if (ready && (dispatched || poll_due || (wake & WEBHOOK_WAKE_RESCAN) ||
+					  worker_record_due(now) || released > 0 ||
+					  ((wake & WEBHOOK_WAKE_DISPATCH) && worker_done_count > 0)))
 		{
+			pass.fetch = fetch;
 			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
 								   worker_ready_count);
+			pass.fetched = MemoryContextAllocZero(worker_context,
+												  sizeof(Delivery *) * (pass.fetch_limit + 1));
 			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
 				worker_forget_done();
 			else
 			{
 				/*
-				 * Try again at the next poll, not at once (no loop of
-				 * warnings), checking first that the extension still exists.
+				 * Look for the extension again at the next poll before any
+				 * other pass (no loop of warnings).
 				 */
-				pass.ready = false;
-				last_poll = now;
-				pass.fetched_count = 0;
+				worker_free_fetched(&pass);
+				ready = false;
+				worker_report_activity(ready);
 				if (worker_done_count > 0)
 				{
 					worker_record_separately();
 					worker_forget_done();
 				}
 			}
-			if (pass.ready != ready)
-			{
-				ready = pass.ready;
-				worker_report_activity(ready);
-			}
-			if (poll_due)
-				last_poll = now;
-			if (pass.dispatch)
-				last_dispatch = now;
 		}
 
 		/* After commit: queue the fetched deliveries, start what fits. */
@@ -941,9 +1136,10 @@ webhook_worker_main(Datum main_arg)
 				worker_advance_position(pass.fetched[i]);
 				worker_ready[worker_ready_count++] = pass.fetched[i];
 			}
-			pfree(pass.fetched);
 			worker_start_ready();
 		}
+		if (pass.fetched != NULL)
+			pfree(pass.fetched);
 
 		if (ready && !retention_pending &&
 			TimestampDifferenceExceeds(last_retention, now, WORKER_RETENTION_INTERVAL_MS))
@@ -957,8 +1153,8 @@ webhook_worker_main(Datum main_arg)
 
 		/*
 		 * Sleep until a commit, a socket, curl's timer, the next poll, or
-		 * the moment outcomes are due to be recorded or ready deliveries
-		 * to be let go.
+		 * the moment outcomes are due to be recorded, ready deliveries to be
+		 * let go, or the next chunk of a big commit dispatched.
 		 */
 		now = GetCurrentTimestamp();
 		timeout_ms = webhook_poll_interval_ms - (long) ((now - last_poll) / 1000);
@@ -973,6 +1169,8 @@ webhook_worker_main(Datum main_arg)
 		if (webhook_wake_pending())
 			timeout_ms = Min(timeout_ms,
 							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
+		if (dispatch_more)
+			timeout_ms = 0;
 		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
 		worker_listened_at = GetCurrentTimestamp();
 	}
@@ -982,12 +1180,11 @@ webhook_worker_main(Datum main_arg)
 	 * pending and are sent again after restart.
 	 */
 	worker_collect_completed();
-	if (worker_done_count > 0)
+	if (ready && worker_done_count > 0)
 	{
 		WorkerPass	pass;
 
 		memset(&pass, 0, sizeof(pass));
-		pass.ready = ready;
 		(void) worker_transaction(worker_pass, &pass, "record delivery outcomes");
 	}
 	proc_exit(1);

@@ -17,6 +17,9 @@ use Test::More;
 use WebhookTest;
 
 my $node = new_node('delivery', conf => ["webhook.poll_interval = '100ms'"]);
+# The User-Agent names the library's version, which is the schema's.
+my $version = $node->safe_psql('postgres',
+    "SELECT extversion FROM pg_extension WHERE extname = 'webhook_outbox'");
 my $receiver = start_receiver();
 my $json = JSON::PP->new->utf8->canonical;
 
@@ -169,7 +172,7 @@ foreach my $r (@all_requests)
     }
 
     if (   ($h->{'content-type'} // '') eq 'application/json'
-        && ($h->{'user-agent'} // '') eq 'webhook_outbox/0.1'
+        && ($h->{'user-agent'} // '') eq "webhook_outbox/$version"
         && ($h->{'x-webhook-event'} // '') eq $event->[0]
         && ($h->{'x-webhook-signature'} // '') =~ /^sha256=[0-9a-f]{64}$/
         && ($h->{'webhook-signature'} // '') =~ m{^v1,[A-Za-z0-9+/]{43}=$}
