@@ -24,9 +24,10 @@
 -- An application role that writes the ledger needs, on the webhook side,
 -- only:
 --   GRANT USAGE ON SCHEMA webhook TO app;
---   GRANT EXECUTE ON FUNCTION webhook.emit(text, jsonb) TO app;
--- (webhook.emit_trigger runs as the extension's owner; the trigger functions
--- below run as the caller and call webhook.emit.)
+--   GRANT EXECUTE ON FUNCTION webhook.emit TO app;
+-- (webhook.emit_trigger turns the row into JSON as the caller and records
+-- the event with the extension owner's rights; the trigger functions below
+-- run as the caller and call webhook.emit.)
 
 CREATE EXTENSION IF NOT EXISTS webhook_outbox;
 
