@@ -16,6 +16,7 @@ OBJS = \
 	src/endpoints.o \
 	src/emit.o \
 	src/worker.o \
+	src/scheduler.o \
 	src/queue.o \
 	src/http.o \
 	src/address.o

@@ -163,7 +163,8 @@ class Postgres:
 
 
 class Nginx:
-    """nginx answering 204 to everything on `count` loopback ports, plus a
+    """nginx answering 204 to everything on `count` loopback ports (500 to
+    one request in ten under /flaky), plus a
     stub_status port that counts requests (progress without asking the
     database)."""
 
@@ -174,7 +175,8 @@ class Nginx:
         self.status_port = free_port()
         self.status_polls = 0
         servers = '\n'.join(
-            '    server { listen 127.0.0.1:%d reuseport backlog=4096; location / { return 204; } }' % p
+            '    server { listen 127.0.0.1:%d reuseport backlog=4096; location / { return 204; }'
+            ' location /flaky { if ($flaky) { return 500; } return 204; } }' % p
             for p in self.ports)
         temp = ''.join('    %s_temp_path %s/%s;\n' % (t, self.dir, t)
                        for t in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
@@ -190,6 +192,8 @@ events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 10000000;
+    # /flaky: one request in ten fails, as behind a load balancer that drops some
+    split_clients "${request_id}" $flaky { 10%% 1; * 0; }
     keepalive_timeout 300s;
     client_body_buffer_size 64k;
 %(temp)s%(servers)s
@@ -426,9 +430,9 @@ class Bench:
             log('     %8d %8s %8s %8s %9d  %s' % r)
         self.sql('SELECT pg_stat_statements_reset()')
 
-    def create_endpoint(self, url, event_types=None, enabled=True):
-        return self.one('SELECT id FROM webhook.create_webhook(%s, %s::text[], enabled => %s)',
-                        (url, event_types, enabled))
+    def create_endpoint(self, url, event_types=None, enabled=True, tenant=None):
+        return self.one('SELECT id FROM webhook.create_webhook(%s, %s::text[], enabled => %s, '
+                        'tenant => %s)', (url, event_types, enabled, tenant))
 
     def set_enabled(self, endpoint, enabled):
         self.sql('SELECT 1 FROM webhook.update_webhook(%s, enabled => %s)', (endpoint, enabled))
@@ -440,12 +444,15 @@ class Bench:
         wait_until(lambda: self.worker_activity() in (None, 'delivering: 0 in flight'),
                    60, 0.5, 'the worker to finish its requests in flight')
 
-    def emit(self, count, event_type='journal_entry.posted', conn=None):
-        """Emit count events in one transaction; returns the server time
-        just before it (for webhook.replay's window)."""
+    def emit(self, count, event_type='journal_entry.posted', conn=None, tenants=0):
+        """Emit count events in one transaction (spread over tenants t1..tN
+        when tenants is given); returns the server time just before it (for
+        webhook.replay's window)."""
         since = self.now()
-        self.sql("SELECT count(webhook.emit(%s, public.bench_payload(i))) "
-                 "FROM generate_series(1, %s) AS i", (event_type, count), conn)
+        self.sql("SELECT count(webhook.emit(%s, public.bench_payload(i), "
+                 "tenant => CASE WHEN %s > 0 THEN 't' || (i %% %s + 1) END)) "
+                 "FROM generate_series(1, %s) AS i",
+                 (event_type, tenants, max(tenants, 1), count), conn)
         return since
 
     def pending(self, endpoints):

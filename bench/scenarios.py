@@ -34,6 +34,8 @@ SIZES = {
     'HISTORY_EVENTS': 10000000,
     'MEMORY_DELIVERIES': 1000000,
     'CEILING_SECONDS': 5,
+    'TENANTS': 1000,                # x TENANT_ENDPOINTS endpoints
+    'TENANT_ENDPOINTS': 10,
 }
 for _key in SIZES:
     SIZES[_key] = int(os.environ.get('BENCH_' + _key, SIZES[_key]))
@@ -220,6 +222,7 @@ def scenario_fanout(b, runs, context):
         values.append(b.timed_drain(endpoints, n * k, t0, since, start_requests))
         log('fanout run %d: %.0f deliveries/s' % (r + 1, values[-1]))
     b.delete_endpoints()
+    context['fanout'] = median(values)
     return [row('fanout', '%d events x %d endpoints, from commit' % (n, k), 'deliveries/s',
                 '>= 20000', values, 'higher', 20000)]
 
@@ -534,6 +537,83 @@ def scenario_ledger(b, runs, context):
 
 # Run order for "all": history last (it leaves 10 million rows behind),
 # memory before it (it is long and needs no baseline).
+def scenario_flaky(b, runs, context):
+    """DRAIN_EVENTS deliveries to an endpoint that fails one request in ten
+    (nginx /flaky): the rate of its successful share, against the same
+    drain to a healthy endpoint in the same run. Failed tries are retried
+    on their own schedule (5 s later); the others must not wait for them."""
+    n = SIZES['DRAIN_EVENTS']
+    healthy = b.create_endpoint(b.nginx.url(0))
+    flaky = b.create_endpoint(b.nginx.url(1, '/flaky'))
+    b.set_enabled(flaky, False)
+    warm_up(b, [healthy])
+    healthy_rates, flaky_rates, ratios = [], [], []
+    for r in range(runs):
+        b.set_enabled(flaky, False)
+        healthy_rates.append(drain_once(b, healthy, n))
+        b.set_enabled(healthy, False)
+        b.set_enabled(flaky, False)
+        since = emit_dispatched(b, n)
+        b.set_enabled(flaky, True)
+        b.vacuum()
+        queued = b.one('SELECT webhook.replay(%s, %s)', (flaky, since))
+        t0 = time.time()
+        if queued != n:
+            raise RuntimeError('replay queued %d deliveries, expected %d' % (queued, n))
+        # Every first try, then the rate of those that succeeded.
+        wait_until(lambda: b.one("SELECT count(*) FROM webhook.delivery_log "
+                                 "WHERE endpoint_id = %s AND (attempts >= 1 OR status <> 'pending')",
+                                 (flaky,)) >= n, 600, 0.25, 'every first try')
+        ok, last = b.sql("SELECT count(*), extract(epoch FROM max(started_at + duration_ms * "
+                         "interval '1 ms'))::float8 FROM webhook.attempt_log "
+                         "WHERE endpoint_id = %s AND attempt = 1 AND started_at >= %s "
+                         "AND status_code BETWEEN 200 AND 299", (flaky, since))[0]
+        flaky_rates.append(ok / (last - t0))
+        ratios.append(flaky_rates[-1] / healthy_rates[-1])
+        log('flaky run %d: healthy %.0f/s, flaky endpoint\'s successes %.0f/s (%d of %d first tries)'
+            % (r + 1, healthy_rates[-1], flaky_rates[-1], ok, n))
+        b.set_enabled(healthy, True)
+        b.sql("UPDATE webhook.delivery_log SET status = 'cancelled' "
+              "WHERE endpoint_id = %s AND status = 'pending'", (flaky,))
+    b.delete_endpoints()
+    return [row('flaky', 'drain of %d, healthy endpoint (alternated)' % n, 'deliveries/s',
+                'baseline', healthy_rates, 'higher', None),
+            row('flaky', 'drain of %d, 1 in 10 failing: successful share' % n, 'deliveries/s',
+                '>= 90% of healthy', flaky_rates, 'higher', 0.9 * median(healthy_rates),
+                'ratio per run: %s' % ', '.join('%.2f' % x for x in ratios))]
+
+
+def scenario_tenants(b, runs, context):
+    """TENANTS tenants of TENANT_ENDPOINTS endpoints each; FANOUT_EVENTS
+    events spread over the tenants, each to its tenant's endpoints: timed
+    from commit like fanout, which has the same deliveries per event but
+    10 endpoints in all."""
+    t, k, n = SIZES['TENANTS'], SIZES['TENANT_ENDPOINTS'], SIZES['FANOUT_EVENTS']
+    b.sql("SELECT count(*) FROM generate_series(0, %s - 1) AS i "
+          "CROSS JOIN LATERAL webhook.create_webhook(%s, tenant => 't' || (i / %s + 1)) w",
+          (t * k, b.nginx.url(0), k))
+    endpoints = [r[0] for r in b.sql('SELECT id FROM webhook.endpoints')]
+    # Warm up: one event per tenant (each to its tenant's k endpoints).
+    start_requests = b.nginx.requests()
+    b.emit(t, tenants=t)
+    b.wait_drained(endpoints, t * k, start_requests)
+    values = []
+    for r in range(runs):
+        b.vacuum()
+        start_requests = b.nginx.requests()
+        since = b.emit(n, tenants=t)
+        t0 = time.time()
+        values.append(b.timed_drain(endpoints, n * k, t0, since, start_requests))
+        log('tenants run %d: %.0f deliveries/s' % (r + 1, values[-1]))
+    b.delete_endpoints()
+    note = ''
+    if context.get('fanout'):
+        note = '%.0f%% of fanout (same deliveries per event, 10 endpoints in all)' % (
+            100.0 * median(values) / context['fanout'])
+    return [row('tenants', '%d events over %d tenants x %d endpoints, from commit' % (n, t, k),
+                'deliveries/s', 'like fanout', values, 'higher', None, note)]
+
+
 SCENARIOS = {
     'ceiling': scenario_ceiling,
     'drain': scenario_drain,
@@ -544,4 +624,6 @@ SCENARIOS = {
     'held_snapshot': scenario_held_snapshot,
     'memory': scenario_memory,
     'history': scenario_history,
+    'flaky': scenario_flaky,
+    'tenants': scenario_tenants,
 }

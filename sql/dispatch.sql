@@ -38,7 +38,7 @@ SELECT webhook.retry_delivery(:'e', :'b');
 SELECT * FROM webhook.record_attempts(
     ARRAY[:'e']::uuid[], ARRAY[:'b']::uuid[], ARRAY[1], ARRAY[now()], ARRAY[5.0],
     ARRAY[200], ARRAY[NULL], ARRAY['ok'], ARRAY[false], ARRAY['succeeded'],
-    ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days');
+    ARRAY[NULL]::timestamptz[], ARRAY[0], ARRAY[NULL]::text[], interval '5 days');
 SELECT status, attempts, last_status_code, next_attempt_at <= now() AS due,
        next_attempt_manual, manual_requests
   FROM webhook.delivery_log WHERE endpoint_id = :'b';
@@ -46,7 +46,7 @@ SELECT status, attempts, last_status_code, next_attempt_at <= now() AS due,
 SELECT * FROM webhook.record_attempts(
     ARRAY[:'e']::uuid[], ARRAY[:'b']::uuid[], ARRAY[2], ARRAY[now()], ARRAY[5.0],
     ARRAY[200], ARRAY[NULL], ARRAY['ok'], ARRAY[true], ARRAY['succeeded'],
-    ARRAY[NULL]::timestamptz[], ARRAY[1], interval '5 days');
+    ARRAY[NULL]::timestamptz[], ARRAY[1], ARRAY[NULL]::text[], interval '5 days');
 SELECT status, attempts, next_attempt_manual FROM webhook.delivery_log WHERE endpoint_id = :'b';
 SELECT attempt, status_code, manual FROM webhook.attempts WHERE endpoint_id = :'b' ORDER BY attempt;
 
@@ -55,7 +55,7 @@ SELECT event_id AS e2 FROM webhook.delivery_log WHERE endpoint_id = :'a' LIMIT 1
 SELECT * FROM webhook.record_attempts(
     ARRAY[:'e2']::uuid[], ARRAY[:'a']::uuid[], ARRAY[1], ARRAY[now()], ARRAY[5.0],
     ARRAY[200], ARRAY[NULL], ARRAY['ok'], ARRAY[false], ARRAY['succeeded'],
-    ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days', history => false);
+    ARRAY[NULL]::timestamptz[], ARRAY[0], ARRAY[NULL]::text[], interval '5 days', history => false);
 SELECT status FROM webhook.delivery_log WHERE event_id = :'e2' AND endpoint_id = :'a';
 SELECT count(*) AS attempts_kept FROM webhook.attempt_log WHERE event_id = :'e2';
 

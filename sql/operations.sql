@@ -29,8 +29,7 @@ SELECT id AS healthy FROM webhook.create_webhook('https://example.com/healthy',
 SELECT id AS failing FROM webhook.create_webhook('https://example.com/failing',
                                                  description => 'failing') \gset
 SELECT id AS disabled FROM webhook.create_webhook('https://example.com/disabled',
-                                                  description => 'disabled') \gset
-SELECT FROM webhook.update_webhook(:'disabled', enabled => false);
+                                                  description => 'disabled', enabled => false) \gset
 UPDATE webhook.endpoints SET failing_since = now() - interval '30 minutes' WHERE id = :'failing';
 
 -- Four events of the last half hour, one of the last minute. The first

@@ -1,8 +1,8 @@
 --
 -- The worker's queue functions: webhook.due_deliveries (what to send next:
 -- oldest first, per-endpoint limits, the worker's position in each queue,
--- the paced circuit breaker) and webhook.record_attempts (outcomes and
--- endpoint health).
+-- the endpoints the worker's breaker blocks or probes) and
+-- webhook.record_attempts (outcomes and endpoint health).
 --
 -- The worker does not serve the regression database; these run by hand,
 -- inside one transaction (now() stays put; ROLLBACK leaves no trace).
@@ -82,7 +82,7 @@ SELECT webhook.record_attempts(
     ARRAY[false, false, false],
     ARRAY['succeeded', 'retry', 'failed'],
     ARRAY[NULL, now() + interval '1 hour', NULL]::timestamptz[],
-    ARRAY[0, 0, 0], interval '5 days');
+    ARRAY[0, 0, 0], ARRAY[NULL, NULL, NULL]::text[], interval '5 days');
 
 SELECT CASE endpoint_id WHEN :'a' THEN 'a' ELSE 'b' END AS endpoint,
        (SELECT payload->>'n' FROM webhook.event_log e WHERE e.id = d.event_id) AS n,
@@ -101,44 +101,35 @@ SELECT CASE id WHEN :'a' THEN 'a' ELSE 'b' END AS endpoint, enabled,
        now() - failing_since AS failing_for, now() - last_failure_at AS last_failure
   FROM webhook.endpoints ORDER BY endpoint;
 
--- The circuit breaker: a failing endpoint gets one delivery at a time ...
+-- A failure of one message does not slow the endpoint's others: b,
+-- failing since its last failure, still gets every due delivery ...
 SELECT CASE endpoint_id WHEN :'a' THEN 'a' ELSE 'b' END AS endpoint,
        (payload::jsonb)->>'n' AS n
   FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}');
--- ... and none while it rests after its last failure: a tenth of how long
--- it has been failing (here 100 s: 10 s, capped at 1 s).
-UPDATE webhook.endpoints SET failing_since = now() - interval '100 seconds',
-                             last_failure_at = now() - interval '500 milliseconds'
- WHERE id = :'b';
-SELECT count(*) AS resting FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}')
+-- ... unless the worker's breaker (src/scheduler.c) says otherwise: a
+-- blocked endpoint gets nothing, a probing one a single delivery.
+SELECT count(*) AS blocked
+  FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}', ARRAY[:'b']::uuid[], '{}')
  WHERE endpoint_id = :'b';
-UPDATE webhook.endpoints SET last_failure_at = now() - interval '1 second' WHERE id = :'b';
-SELECT count(*) AS probed FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}')
+SELECT count(*) AS probed
+  FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}', '{}', ARRAY[:'b']::uuid[])
  WHERE endpoint_id = :'b';
--- After a short run of failures the rest is short: here 1.95 s of
--- failures, 195 ms of rest.
-UPDATE webhook.endpoints SET failing_since = now() - interval '2 seconds',
-                             last_failure_at = now() - interval '50 milliseconds'
- WHERE id = :'b';
-SELECT count(*) AS resting FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}')
- WHERE endpoint_id = :'b';
-UPDATE webhook.endpoints SET last_failure_at = now() - interval '200 milliseconds'
- WHERE id = :'b';
-SELECT count(*) AS probed FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}')
- WHERE endpoint_id = :'b';
+SELECT count(*) AS others_unaffected
+  FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}', ARRAY[:'b']::uuid[], '{}')
+ WHERE endpoint_id = :'a';
 
 -- Its next failure moves last_failure_at (the start of the run stays);
 -- a success clears both.
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000003']::uuid[], ARRAY[:'b']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[503], ARRAY[NULL], ARRAY[''], ARRAY[false],
-    ARRAY['retry'], ARRAY[now() + interval '1 minute'], ARRAY[0], interval '5 days');
+    ARRAY['retry'], ARRAY[now() + interval '1 minute'], ARRAY[0], ARRAY[NULL]::text[], interval '5 days');
 SELECT now() - failing_since AS failing_for, now() - last_failure_at AS last_failure
   FROM webhook.endpoints WHERE id = :'b';
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000002']::uuid[], ARRAY[:'b']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[204], ARRAY[NULL], ARRAY[''], ARRAY[false],
-    ARRAY['succeeded'], ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days');
+    ARRAY['succeeded'], ARRAY[NULL]::timestamptz[], ARRAY[0], ARRAY[NULL]::text[], interval '5 days');
 SELECT failing_since, last_failure_at FROM webhook.endpoints WHERE id = :'b';
 
 -- Re-enabling clears the failure clock too.
@@ -151,7 +142,7 @@ SELECT failing_since, last_failure_at FROM webhook.endpoints WHERE id = :'b';
 SELECT webhook.record_attempts(
     ARRAY['00000000-0000-7000-8000-000000000001']::uuid[], ARRAY[:'a']::uuid[], ARRAY[1],
     ARRAY[now()], ARRAY[5.0], ARRAY[410], ARRAY['endpoint answered 410 Gone: disabled'],
-    ARRAY[''], ARRAY[false], ARRAY['gone'], ARRAY[NULL]::timestamptz[], ARRAY[0], interval '5 days');
+    ARRAY[''], ARRAY[false], ARRAY['gone'], ARRAY[NULL]::timestamptz[], ARRAY[0], ARRAY[NULL]::text[], interval '5 days');
 SELECT enabled, disabled_reason FROM webhook.endpoints WHERE id = :'a';
 SELECT (SELECT payload->>'n' FROM webhook.event_log e WHERE e.id = d.event_id) AS n,
        status, next_attempt_at

@@ -31,6 +31,8 @@ typedef struct Delivery
 	int			attempt;		/* number of this attempt, from 1 */
 	bool		manual;			/* asked for by retry_delivery or replay */
 	int			manual_requests;	/* the row's count of them when fetched */
+	char	   *tenant;			/* its endpoint's, NULL when none */
+	int			rate_limit;		/* its endpoint's requests a second, 0: none */
 	char	   *url;
 	char	   *body;
 	size_t		body_len;
@@ -98,9 +100,12 @@ extern SchemaState queue_schema_state(char **version);
 extern int64 queue_dispatch(int max_events, int *events);
 extern int	queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 						QueuePosition *positions, int position_count,
+						pg_uuid_t *blocked, int blocked_count,
+						pg_uuid_t *probing, int probing_count,
 						Delivery **fetched, MemoryContext context);
 extern int	queue_record(Delivery **done, int count, bool history);
 extern int64 queue_remove_old_history(int batch);
+extern int	queue_disable_expired_endpoints(void);
 extern void queue_free_delivery(Delivery *delivery);
 
 /* http.c: the libcurl multi pipeline */

@@ -363,6 +363,18 @@ emit_record(EmitRequest *request)
 	int			rc;
 
 	webhook_require_event_type_name(type_name);
+
+	/*
+	 * The extension's own operational events (webhook.endpoint.disabled,
+	 * webhook.delivery.failed) are recorded by the extension alone: no one
+	 * may forge them. (A 0.1 schema reserved no prefix.)
+	 */
+	if (request->schema != EMIT_SCHEMA_0_1 && strncmp(type_name, "webhook.", 8) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event type \"%s\" is reserved", type_name),
+				 errdetail("Events under the webhook. prefix are recorded by webhook_outbox itself."),
+				 errhint("Emit an event type under another prefix.")));
 	if (payload_size > (Size) webhook_max_payload_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

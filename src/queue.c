@@ -15,6 +15,9 @@
  */
 #include "webhook_outbox.h"
 
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "miscadmin.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -24,6 +27,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "delivery.h"
 
@@ -32,6 +36,7 @@ static SPIPlanPtr dispatch_plan = NULL;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
+static SPIPlanPtr expire_plan = NULL;
 
 /*
  * Run one statement of the worker through SPI; raise if it fails. The
@@ -98,15 +103,16 @@ queue_schema_state(char **version)
 int64
 queue_dispatch(int max_events, int *events)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(max_events)};
+	Oid			types[3] = {INT4OID, INT8OID, OIDOID};
+	Datum		values[3] = {Int32GetDatum(max_events),
+		Int64GetDatum((int64) GetSystemIdentifier()), ObjectIdGetDatum(MyDatabaseId)};
 	bool		isnull;
 	int64		deliveries;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	queue_execute(&dispatch_plan, "SELECT events, deliveries FROM webhook.dispatch_new_events($1)",
-				  1, types, values, NULL, SPI_OK_SELECT);
+	queue_execute(&dispatch_plan, "SELECT events, deliveries FROM webhook.dispatch_new_events($1, $2, $3)",
+				  3, types, values, NULL, SPI_OK_SELECT);
 	*events = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	deliveries = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_finish();
@@ -186,19 +192,22 @@ queue_format_timestamp(TimestampTz timestamp, char *buffer, size_t size)
 /*
  * Fetch up to limit due deliveries into fetched (room for limit), at most
  * per_endpoint for any endpoint counting those the worker holds already
- * (busy), each endpoint's after the worker's position in it if it has one;
+ * (busy) -- none for the blocked endpoints, one for the probing ones --
+ * each endpoint's after the worker's position in it if it has one;
  * each ready to send, allocated in context, in the order of the queue.
  * Returns how many. Each is in fetched as soon as it is allocated, so that
  * the caller can free them all should anything fail half-way.
  */
 int
 queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
-			QueuePosition *positions, int position_count, Delivery **fetched,
-			MemoryContext context)
+			QueuePosition *positions, int position_count,
+			pg_uuid_t *blocked, int blocked_count,
+			pg_uuid_t *probing, int probing_count,
+			Delivery **fetched, MemoryContext context)
 {
-	Oid			types[7] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
-		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID};
-	Datum		values[7];
+	Oid			types[9] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
+		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID};
+	Datum		values[9];
 	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
 	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
 	pg_uuid_t  *after_endpoints = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
@@ -226,12 +235,14 @@ queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 												sizeof(TimestampTz), FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
 	values[6] = queue_uuid_array(after_events, position_count);
+	values[7] = queue_uuid_array(blocked, blocked_count);
+	values[8] = queue_uuid_array(probing, probing_count);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	queue_execute(&fetch_plan,
-				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7)",
-				  7, types, values, NULL, SPI_OK_SELECT);
+				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+				  9, types, values, NULL, SPI_OK_SELECT);
 
 	count = (int) Min(SPI_processed, (uint64) limit);
 	for (int i = 0; i < count; i++)
@@ -266,6 +277,10 @@ queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 			d->headers = queue_custom_headers(DatumGetJsonbP(headers));
 		d->due_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 12, &isnull));
 		d->manual_requests = DatumGetInt32(SPI_getbinval(row, desc, 13, &isnull));
+		d->tenant = queue_text(row, desc, 14, context);
+		d->rate_limit = DatumGetInt32(SPI_getbinval(row, desc, 15, &isnull));
+		if (isnull)
+			d->rate_limit = 0;
 
 		/* The body is the same on every attempt: the signature covers it. */
 		old = MemoryContextSwitchTo(context);
@@ -301,6 +316,8 @@ queue_free_delivery(Delivery *d)
 		pfree(d->body);
 	if (d->event_id_text)
 		pfree(d->event_id_text);
+	if (d->tenant)
+		pfree(d->tenant);
 	if (d->secret)
 		pfree(d->secret);
 	if (d->previous_secret)
@@ -330,28 +347,70 @@ queue_array(Datum *elements, bool *nulls, int count, Oid type)
 }
 
 /*
+ * Run record_attempts on prepared arguments; mark the outcomes it returns
+ * (their row was held) record_later and return how many.
+ */
+static int
+queue_record_call(Delivery **done, int count, Datum *values)
+{
+	static Oid	types[16] = {UUIDARRAYOID, UUIDARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+		FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
+		TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INTERVALOID,
+	BOOLOID, BOOLOID};
+	int			later = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	queue_execute(&record_plan, "SELECT event_id, endpoint_id FROM webhook.record_attempts("
+				  "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+				  16, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		pg_uuid_t  *event = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+														SPI_tuptable->tupdesc, 1, &isnull));
+		pg_uuid_t  *endpoint = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (int i = 0; i < count; i++)
+			if (!done[i]->record_later &&
+				memcmp(&done[i]->event_id, event, sizeof(pg_uuid_t)) == 0 &&
+				memcmp(&done[i]->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
+			{
+				done[i]->record_later = true;
+				later++;
+				break;
+			}
+	}
+	SPI_finish();
+	return later;
+}
+
+/*
  * Record the outcome of each finished attempt in one statement, with its
  * history row unless history is false (the last resort for an outcome
- * whose history row cannot be written). A delivery whose row another
- * transaction holds is not recorded: it is marked record_later. Returns
+ * whose history row cannot be written). Plainly first, in a subtransaction
+ * (record_attempts gives up a lock wait after its lock_timeout); if a row
+ * was held, again skipping held rows: a delivery whose row another
+ * transaction holds is then not recorded but marked record_later. Returns
  * how many were marked so.
  */
 int
 queue_record(Delivery **done, int count, bool history)
 {
 	static const char *const outcome_names[] = {"succeeded", "retry", "failed", "gone"};
-	Oid			types[14] = {UUIDARRAYOID, UUIDARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
-		FLOAT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID,
-	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INTERVALOID, BOOLOID};
-	Oid			element_types[12] = {UUIDOID, UUIDOID, INT4OID, TIMESTAMPTZOID,
-	FLOAT8OID, INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
-	Datum	   *columns[12];
-	bool	   *column_nulls[12];
-	Datum		values[14];
+	Oid			element_types[13] = {UUIDOID, UUIDOID, INT4OID, TIMESTAMPTZOID,
+		FLOAT8OID, INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TIMESTAMPTZOID, INT4OID,
+	TEXTOID};
+	Datum	   *columns[13];
+	bool	   *column_nulls[13];
+	Datum		values[16];
 	Interval   *disable_after = palloc0(sizeof(Interval));
-	int			later = 0;
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int later = 0;
 
-	for (int c = 0; c < 12; c++)
+	for (int c = 0; c < 13; c++)
 	{
 		columns[c] = palloc(sizeof(Datum) * count);
 		column_nulls[c] = palloc0(sizeof(bool) * count);
@@ -378,38 +437,65 @@ queue_record(Delivery **done, int count, bool history)
 		columns[10][i] = TimestampTzGetDatum(d->next_attempt_at);
 		column_nulls[10][i] = (d->outcome != OUTCOME_RETRY);
 		columns[11][i] = Int32GetDatum(d->manual_requests);
+		if (d->tenant)
+			columns[12][i] = CStringGetTextDatum(d->tenant);
+		column_nulls[12][i] = (d->tenant == NULL);
 	}
-	for (int c = 0; c < 12; c++)
+	for (int c = 0; c < 13; c++)
 		values[c] = queue_array(columns[c], column_nulls[c], count, element_types[c]);
 	disable_after->time = (int64) webhook_disable_after_s * USECS_PER_SEC;
-	values[12] = IntervalPGetDatum(disable_after);
-	values[13] = BoolGetDatum(history);
+	values[13] = IntervalPGetDatum(disable_after);
+	values[14] = BoolGetDatum(history);
+	values[15] = BoolGetDatum(false);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		later = queue_record_call(done, count, values);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error;
+
+		MemoryContextSwitchTo(caller);
+		error = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller);
+		CurrentResourceOwner = owner;
+		/* Anything but a lock wait given up is the caller's to handle. */
+		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			ReThrowError(error);
+		FreeErrorData(error);
+
+		for (int i = 0; i < count; i++)
+			done[i]->record_later = false;
+		values[15] = BoolGetDatum(true);
+		later = queue_record_call(done, count, values);
+	}
+	PG_END_TRY();
+	return later;
+}
+
+/*
+ * Disable the endpoints whose expires_at has passed; returns how many.
+ */
+int
+queue_disable_expired_endpoints(void)
+{
+	int			count;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	queue_execute(&record_plan, "SELECT event_id, endpoint_id FROM webhook.record_attempts("
-				  "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-				  14, types, values, NULL, SPI_OK_SELECT);
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		bool		isnull;
-		pg_uuid_t  *event = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
-														SPI_tuptable->tupdesc, 1, &isnull));
-		pg_uuid_t  *endpoint = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r],
-														   SPI_tuptable->tupdesc, 2, &isnull));
-
-		for (int i = 0; i < count; i++)
-			if (!done[i]->record_later &&
-				memcmp(&done[i]->event_id, event, sizeof(pg_uuid_t)) == 0 &&
-				memcmp(&done[i]->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
-			{
-				done[i]->record_later = true;
-				later++;
-				break;
-			}
-	}
+	queue_execute(&expire_plan, "SELECT webhook.disable_expired_endpoints()", 0, NULL, NULL, NULL,
+				  SPI_OK_SELECT);
+	count = (int) SPI_processed;
 	SPI_finish();
-	return later;
+	return count;
 }
 
 /*

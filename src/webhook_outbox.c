@@ -268,9 +268,12 @@ _PG_init(void)
 
 	MarkGUCPrefixReserved("webhook");
 
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-
 	webhook_shmem_request();
-	webhook_register_worker();
+
+	/*
+	 * PostgreSQL 15 starts background workers under pg_upgrade too: no
+	 * delivery may happen from a cluster being upgraded.
+	 */
+	if (!IsBinaryUpgrade)
+		webhook_register_worker();
 }

@@ -58,6 +58,7 @@
 #endif
 
 #include "delivery.h"
+#include "scheduler.h"
 
 /*
  * Retention: once a minute the worker looks for history older than
@@ -336,19 +337,6 @@ worker_transaction(void (*fn) (void *), void *arg, const char *what)
 }
 
 /*
- * A random factor in [0.8, 1.2): Svix's ±20 % jitter on retry delays.
- */
-static double
-worker_jitter(void)
-{
-#if PG_VERSION_NUM >= 150000
-	return 0.8 + 0.4 * pg_prng_double(&pg_global_prng_state);
-#else
-	return 0.8 + 0.4 * ((double) random() / ((double) MAX_RANDOM_VALUE + 1));
-#endif
-}
-
-/*
  * Decide what a finished attempt means: success, 410, retry (when, with
  * Retry-After honoured up to webhook.retry_after_max) or failure.
  */
@@ -378,7 +366,7 @@ worker_judge(Delivery *d)
 	}
 	d->outcome = OUTCOME_RETRY;
 	d->next_attempt_at = now + (TimestampTz)
-		(webhook_retry_delays_ms[d->attempt - 1] * worker_jitter() * 1000.0);
+		(webhook_retry_delays_ms[d->attempt - 1] * scheduler_jitter() * 1000.0);
 	if ((d->status_code == 429 || d->status_code == 503) && d->retry_after_s >= 0)
 	{
 		TimestampTz asked = now + (TimestampTz)
@@ -386,6 +374,8 @@ worker_judge(Delivery *d)
 
 		d->next_attempt_at = Max(d->next_attempt_at, asked);
 	}
+	/* Wake when it is due, rather than at the next poll. */
+	scheduler_wake_at(d->next_attempt_at);
 }
 
 /*
@@ -433,10 +423,12 @@ worker_schema_step(void *arg)
 }
 
 /*
- * The transaction body of a pass: record outcomes, fetch due deliveries.
+ * The transaction body of a pass: record outcomes, at each poll disable
+ * expired endpoints, fetch due deliveries.
  */
 typedef struct WorkerPass
 {
+	bool		expire;			/* disable endpoints past their expires_at */
 	bool		fetch;			/* fetch even if nothing was recorded */
 	int			fetch_limit;
 	Delivery  **fetched;		/* room for fetch_limit */
@@ -450,13 +442,19 @@ worker_pass(void *arg)
 
 	if (worker_done_count > 0)
 		queue_record(worker_done, worker_done_count, true);
+	if (pass->expire)
+		queue_disable_expired_endpoints();
 	if (pass->fetch && pass->fetch_limit > 0)
 	{
 		/*
 		 * Not to be fetched: what is in flight, ready, quarantined, or
-		 * waiting to be recorded.
+		 * waiting to be recorded (its row was locked).
 		 */
 		int			busy_count = 0;
+		pg_uuid_t  *blocked;
+		pg_uuid_t  *probing;
+		int			blocked_count;
+		int			probing_count;
 		DeliveryKey *busy = palloc(sizeof(DeliveryKey) *
 								   (worker_in_flight_count + worker_ready_count +
 									worker_quarantine_count + worker_done_count + 1));
@@ -473,14 +471,22 @@ worker_pass(void *arg)
 		}
 		for (int i = 0; i < worker_done_count; i++)
 		{
+			/* Just recorded: not busy (nor counted against its endpoint). */
+			if (!worker_done[i]->record_later)
+				continue;
 			busy[busy_count].event_id = worker_done[i]->event_id;
 			busy[busy_count++].endpoint_id = worker_done[i]->endpoint_id;
 		}
 		for (int i = 0; i < worker_quarantine_count; i++)
 			busy[busy_count++] = worker_quarantine[i].key;
+		blocked = palloc(sizeof(pg_uuid_t) * (scheduler_waiting_endpoints() + 1));
+		probing = palloc(sizeof(pg_uuid_t) * (scheduler_waiting_endpoints() + 1));
+		scheduler_fetch_limits(GetCurrentTimestamp(), blocked, &blocked_count,
+							   probing, &probing_count);
 		pass->fetched_count = queue_fetch(pass->fetch_limit,
 										  webhook_per_endpoint_concurrency * WORKER_PREFETCH,
 										  busy, busy_count, worker_positions, worker_position_count,
+										  blocked, blocked_count, probing, probing_count,
 										  pass->fetched, worker_context);
 	}
 }
@@ -721,7 +727,7 @@ worker_release_ready(const pg_uuid_t *endpoint, TimestampTz fetched_before)
 
 /*
  * Move finished requests from in flight to done, judged; returns how many
- * ready deliveries were let go because their endpoint failed.
+ * ready deliveries were let go because their endpoint may take no more.
  */
 static int
 worker_collect_completed(void)
@@ -742,7 +748,13 @@ worker_collect_completed(void)
 		if (worker_done_count == 0)
 			worker_done_since = GetCurrentTimestamp();
 		worker_done[worker_done_count++] = d;
-		if (d->outcome != OUTCOME_SUCCEEDED)
+
+		/*
+		 * A failure of this message alone changes nothing for the others;
+		 * an endpoint that fails as a whole, asks to be left alone, or is
+		 * gone gets back what was held ready for it.
+		 */
+		if (scheduler_finished(d, GetCurrentTimestamp()) || d->outcome == OUTCOME_GONE)
 			released += worker_release_ready(&d->endpoint_id, 0);
 	}
 	return released;
@@ -778,20 +790,6 @@ worker_free_slots(void)
 	http_limit_connections(limit + stalled);
 	return Max(0, Min(limit - (worker_in_flight_count - stalled),
 					  2 * limit - worker_in_flight_count));
-}
-
-/*
- * How many requests to an endpoint are in flight.
- */
-static int
-worker_endpoint_in_flight(const pg_uuid_t *endpoint)
-{
-	int			n = 0;
-
-	for (int i = 0; i < worker_in_flight_count; i++)
-		if (memcmp(&worker_in_flight[i]->endpoint_id, endpoint, sizeof(pg_uuid_t)) == 0)
-			n++;
-	return n;
 }
 
 /*
@@ -837,8 +835,9 @@ worker_http_start(Delivery *d)
 }
 
 /*
- * Start ready deliveries, oldest first, as far as the free slots and
- * webhook.endpoint_concurrency allow; the rest stay ready, in order.
+ * Start ready deliveries, oldest first, as far as the free slots and the
+ * scheduler (breaker, Retry-After, rate limit, endpoint concurrency)
+ * allow; the rest stay ready, in order.
  */
 static void
 worker_start_ready(void)
@@ -846,20 +845,25 @@ worker_start_ready(void)
 	int			free_slots;
 	int			kept = 0;
 	int			started = 0;
+	TimestampTz now;
 
 	if (worker_ready_count == 0)
 		return;
 	free_slots = worker_free_slots();
+	now = GetCurrentTimestamp();
 	for (int i = 0; i < worker_ready_count; i++)
 	{
 		Delivery   *d = worker_ready[i];
+		SchedulerReason reason;
 
-		if (started < free_slots &&
-			worker_endpoint_in_flight(&d->endpoint_id) < webhook_per_endpoint_concurrency)
+		if (started < free_slots && scheduler_may_start(d, now, &reason))
 		{
 			d->busy_us_at_start = worker_busy_us;
 			if (worker_http_start(d))
+			{
+				scheduler_started(d, now);
 				worker_in_flight[worker_in_flight_count++] = d;
+			}
 			started++;
 		}
 		else
@@ -907,8 +911,19 @@ worker_report_activity(bool ready)
 		snprintf(activity, sizeof(activity),
 				 "waiting for CREATE EXTENSION webhook_outbox");
 	else
-		snprintf(activity, sizeof(activity), "delivering: %d in flight",
-				 worker_in_flight_count);
+	{
+		int			open;
+		int			held;
+
+		scheduler_count_waiting(GetCurrentTimestamp(), &open, &held);
+		if (open + held == 0)
+			snprintf(activity, sizeof(activity), "delivering: %d in flight",
+					 worker_in_flight_count);
+		else
+			snprintf(activity, sizeof(activity),
+					 "delivering: %d in flight; %d endpoint(s) failing (breaker open), %d held by Retry-After",
+					 worker_in_flight_count, open, held);
+	}
 	pgstat_report_activity(worker_in_flight_count > 0 ? STATE_RUNNING : STATE_IDLE, activity);
 }
 
@@ -1001,6 +1016,7 @@ webhook_worker_main(Datum main_arg)
 	worker_done = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
 	worker_ready = MemoryContextAlloc(worker_context, sizeof(Delivery *) * worker_capacity);
 
+	scheduler_init();
 	before_shmem_exit(worker_on_exit, (Datum) 0);
 	if (!webhook_worker_claim(database))
 	{
@@ -1026,6 +1042,7 @@ webhook_worker_main(Datum main_arg)
 		int			released;
 		uint32		wake;
 		bool		fetch;
+		bool		scheduled;		/* a retry, probe or hold end came due */
 		bool		dispatched = false;
 		WorkerPass	pass;
 		long		timeout_ms;
@@ -1095,14 +1112,16 @@ webhook_worker_main(Datum main_arg)
 		 * recorded (or riding along with a dispatch), ready deliveries just
 		 * let go to fetch again, or a reason to look at the queue afresh.
 		 */
-		fetch = dispatched || poll_due || (wake & WEBHOOK_WAKE_RESCAN) ||
+		scheduled = scheduler_wakeup_due(now);
+		fetch = dispatched || poll_due || scheduled || (wake & WEBHOOK_WAKE_RESCAN) ||
 			worker_done_count > 0 || released > 0;
 		memset(&pass, 0, sizeof(pass));
-		if (ready && (dispatched || poll_due || (wake & WEBHOOK_WAKE_RESCAN) ||
+		if (ready && (dispatched || poll_due || scheduled || (wake & WEBHOOK_WAKE_RESCAN) ||
 					  worker_record_due(now) || released > 0 ||
 					  ((wake & WEBHOOK_WAKE_DISPATCH) && worker_done_count > 0)))
 		{
 			pass.fetch = fetch;
+			pass.expire = poll_due;
 			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
 								   worker_ready_count);
 			pass.fetched = MemoryContextAllocZero(worker_context,
@@ -1154,7 +1173,8 @@ webhook_worker_main(Datum main_arg)
 		/*
 		 * Sleep until a commit, a socket, curl's timer, the next poll, or
 		 * the moment outcomes are due to be recorded, ready deliveries to be
-		 * let go, or the next chunk of a big commit dispatched.
+		 * let go, a retry or probe is due or a hold ends (the scheduler), or
+		 * the next chunk of a big commit dispatched.
 		 */
 		now = GetCurrentTimestamp();
 		timeout_ms = webhook_poll_interval_ms - (long) ((now - last_poll) / 1000);
@@ -1169,6 +1189,8 @@ webhook_worker_main(Datum main_arg)
 		if (webhook_wake_pending())
 			timeout_ms = Min(timeout_ms,
 							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
+		if (scheduler_next_wakeup() != 0)
+			timeout_ms = Min(timeout_ms, (scheduler_next_wakeup() - now + 999) / 1000);
 		if (dispatch_more)
 			timeout_ms = 0;
 		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);

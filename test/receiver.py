@@ -7,6 +7,8 @@ read.  The path chooses the answer, so one receiver serves many endpoints:
 
   /status/<code>[/...]                 that status (3xx with Location: /ok)
   /fail/<n>/<key...>                   500 for the first n requests to the path, then 200
+  /fail-each/<n>[/...]                 500 for the first n requests of each webhook-id, then 200
+  /fail-type/<event type>[/...]        500 for events of that type (X-Webhook-Event), 200 for others
   /retry-after/<s>/<n>/<key...>        429 with Retry-After: <s> for the first n, then 200
                                        (?status=503: 503 instead of 429)
   /hang[/...]                          never answers (until the client leaves, or 600 s)
@@ -58,6 +60,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.answer(code, b"status %d" % code, location)
             elif parts[0] == "fail" and len(parts) >= 3:
                 failing = self.server.count(self.path) <= int(parts[1])
+                self.answer(500 if failing else 200, b"fail" if failing else b"ok")
+            elif parts[0] == "fail-each" and len(parts) >= 2:
+                event = self.headers.get("webhook-id", "")
+                failing = self.server.count(self.path + "#" + event) <= int(parts[1])
+                self.answer(500 if failing else 200, b"fail" if failing else b"ok")
+            elif parts[0] == "fail-type" and len(parts) >= 2:
+                failing = self.headers.get("X-Webhook-Event", "") == parts[1]
                 self.answer(500 if failing else 200, b"fail" if failing else b"ok")
             elif parts[0] == "retry-after" and len(parts) >= 4:
                 failing = self.server.count(self.path) <= int(parts[2])
