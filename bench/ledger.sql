@@ -5,12 +5,14 @@
 -- plain table shaped like webhook.event_log (same columns and indexes) --
 -- the floor for any outbox that records its events in the transaction.
 -- Same tables, same indexes, same foreign keys; only the trigger differs.
+-- ledger_tenant is ledger_outbox with an org column on journal_entries
+-- whose value the trigger passes as the event's tenant ('tenant=org').
 
 DO $$
 DECLARE
     s text;
 BEGIN
-    FOREACH s IN ARRAY ARRAY['ledger_plain', 'ledger_outbox', 'ledger_audit'] LOOP
+    FOREACH s IN ARRAY ARRAY['ledger_plain', 'ledger_outbox', 'ledger_audit', 'ledger_tenant'] LOOP
         EXECUTE format('CREATE SCHEMA %I', s);
         EXECUTE format($sql$
             CREATE TABLE %1$I.accounts (
@@ -57,6 +59,14 @@ CREATE TRIGGER journal_entry_posted
     AFTER UPDATE OF status ON ledger_outbox.journal_entries
     FOR EACH ROW WHEN (NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted')
     EXECUTE FUNCTION webhook.emit_trigger('journal_entry.posted');
+
+-- A thousand customers' entries: the tenant is the row's org.
+ALTER TABLE ledger_tenant.journal_entries
+    ADD COLUMN org text NOT NULL DEFAULT 'org_' || (random() * 999)::int;
+CREATE TRIGGER journal_entry_posted
+    AFTER UPDATE OF status ON ledger_tenant.journal_entries
+    FOR EACH ROW WHEN (NEW.status = 'posted' AND OLD.status IS DISTINCT FROM 'posted')
+    EXECUTE FUNCTION webhook.emit_trigger('journal_entry.posted', 'tenant=org');
 
 CREATE TABLE ledger_audit.event_log (
     id          uuid PRIMARY KEY,

@@ -21,6 +21,15 @@
 -- open; a refused posting raises an error, its transaction rolls back, and
 -- so no event leaves.
 --
+-- The ledger serves several customers (organizations) from one database:
+-- every row belongs to one, named in its org column, and an entry's lines,
+-- accounts and period are its org's (foreign keys and the checks below see
+-- to it). Each event is recorded for its org as its tenant -- emit_trigger's
+-- 'tenant=org' argument, or emit's tenant argument -- so an endpoint a
+-- customer registers with webhook.create_webhook(..., tenant => '<org>')
+-- receives that customer's events alone, and an endpoint without a tenant
+-- (an internal system) receives every customer's.
+--
 -- An application role that writes the ledger needs, on the webhook side,
 -- only:
 --   GRANT USAGE ON SCHEMA webhook TO app;
@@ -30,6 +39,7 @@
 -- run as the caller and call webhook.emit.)
 
 CREATE EXTENSION IF NOT EXISTS webhook_outbox;
+CREATE EXTENSION IF NOT EXISTS btree_gist;     -- org = in a period's exclusion constraint
 
 CREATE SCHEMA ledger;
 
@@ -39,50 +49,63 @@ CREATE SCHEMA ledger;
 
 CREATE TABLE ledger.accounts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    code        text NOT NULL UNIQUE,
+    org         text NOT NULL,                  -- the customer: the events' tenant
+    code        text NOT NULL,
     name        text NOT NULL,
     type        text NOT NULL
                 CHECK (type IN ('asset', 'liability', 'equity', 'revenue', 'expense')),
     currency    char(3) NOT NULL DEFAULT 'EUR',
     active      boolean NOT NULL DEFAULT true,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org, code),
+    UNIQUE (org, id)
 );
 
--- A month (or any range of days) that entries are posted into; closing it
--- freezes it, reopening it allows postings again.
+-- A month (or any range of days) of one org that its entries are posted
+-- into; closing it freezes it, reopening it allows postings again.
 CREATE TABLE ledger.periods (
-    period         text PRIMARY KEY,            -- e.g. '2026-11'
+    org            text NOT NULL,
+    period         text NOT NULL,               -- e.g. '2026-11'
     starts_on      date NOT NULL,
     ends_on        date NOT NULL,
     status         text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
     closed_at      timestamptz,
     reopened_at    timestamptz,
     reopen_reason  text,
+    PRIMARY KEY (org, period),
     CHECK (starts_on <= ends_on),
-    EXCLUDE USING gist (daterange(starts_on, ends_on, '[]') WITH &&)
+    EXCLUDE USING gist (org WITH =, daterange(starts_on, ends_on, '[]') WITH &&)
 );
 
 CREATE TABLE ledger.journal_entries (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    org          text NOT NULL,
     entry_date   date NOT NULL,
     description  text NOT NULL,
     status       text NOT NULL DEFAULT 'draft'
                  CHECK (status IN ('draft', 'posted', 'reversed')),
     posted_at    timestamptz,
-    reversal_of  bigint REFERENCES ledger.journal_entries,  -- set on a reversing entry
-    reversed_by  bigint REFERENCES ledger.journal_entries,  -- set on the entry it reverses
-    created_at   timestamptz NOT NULL DEFAULT now()
+    reversal_of  bigint,        -- set on a reversing entry
+    reversed_by  bigint,        -- set on the entry it reverses
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org, id),
+    FOREIGN KEY (org, reversal_of) REFERENCES ledger.journal_entries (org, id),
+    FOREIGN KEY (org, reversed_by) REFERENCES ledger.journal_entries (org, id)
 );
 
--- Each line is a debit or a credit, never both.
+-- Each line is a debit or a credit, never both, on an account of its
+-- entry's org.
 CREATE TABLE ledger.journal_lines (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    entry_id    bigint NOT NULL REFERENCES ledger.journal_entries ON DELETE CASCADE,
-    account_id  bigint NOT NULL REFERENCES ledger.accounts,
+    org         text NOT NULL,
+    entry_id    bigint NOT NULL,
+    account_id  bigint NOT NULL,
     debit       numeric(14, 2) NOT NULL DEFAULT 0 CHECK (debit >= 0),
     credit      numeric(14, 2) NOT NULL DEFAULT 0 CHECK (credit >= 0),
     memo        text,
-    CHECK ((debit = 0) <> (credit = 0))
+    CHECK ((debit = 0) <> (credit = 0)),
+    FOREIGN KEY (org, entry_id) REFERENCES ledger.journal_entries (org, id) ON DELETE CASCADE,
+    FOREIGN KEY (org, account_id) REFERENCES ledger.accounts (org, id)
 );
 CREATE INDEX journal_lines_entry_idx ON ledger.journal_lines (entry_id);
 
@@ -126,13 +149,13 @@ BEGIN
     END IF;
 
     SELECT * INTO v_period FROM ledger.periods p
-     WHERE NEW.entry_date BETWEEN p.starts_on AND p.ends_on;
+     WHERE p.org = NEW.org AND NEW.entry_date BETWEEN p.starts_on AND p.ends_on;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no accounting period covers %', NEW.entry_date
+        RAISE EXCEPTION 'no accounting period of "%" covers %', NEW.org, NEW.entry_date
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF v_period.status = 'closed' THEN
-        RAISE EXCEPTION 'accounting period "%" is closed', v_period.period
+        RAISE EXCEPTION 'accounting period "%" of "%" is closed', v_period.period, NEW.org
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Reopen it with ledger.reopen_period() first.';
     END IF;
@@ -169,15 +192,18 @@ CREATE TRIGGER check_lines_editable
 -- Payloads
 -- ---------------------------------------------------------------------------
 
--- An entry as subscribers see it: header, lines with their accounts, totals.
+-- An entry as subscribers see it: its org, header, lines with their
+-- accounts, totals.
 CREATE FUNCTION ledger.entry_document(entry_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE
 RETURN (
     SELECT jsonb_build_object(
+               'org',          e.org,
                'entry_id',     e.id,
                'date',         e.entry_date,
                'period',       (SELECT p.period FROM ledger.periods p
-                                 WHERE e.entry_date BETWEEN p.starts_on AND p.ends_on),
+                                 WHERE p.org = e.org
+                                   AND e.entry_date BETWEEN p.starts_on AND p.ends_on),
                'description',  e.description,
                'status',       e.status,
                'posted_at',    e.posted_at,
@@ -202,12 +228,13 @@ RETURN (
               WHERE jl.entry_id = e.id) l ON true
      WHERE e.id = entry_document.entry_id);
 
--- A period as subscribers see it: its dates and state, and what was posted
--- into it.
-CREATE FUNCTION ledger.period_document(period text) RETURNS jsonb
+-- A period as subscribers see it: its org, dates and state, and what was
+-- posted into it.
+CREATE FUNCTION ledger.period_document(org text, period text) RETURNS jsonb
 LANGUAGE sql STABLE
 RETURN (
     SELECT jsonb_build_object(
+               'org',            p.org,
                'period',         p.period,
                'starts_on',      p.starts_on,
                'ends_on',        p.ends_on,
@@ -220,36 +247,39 @@ RETURN (
                'total_credit',   coalesce(sum(l.credit), 0))
       FROM ledger.periods p
       LEFT JOIN ledger.journal_entries e
-             ON e.entry_date BETWEEN p.starts_on AND p.ends_on
+             ON e.org = p.org
+            AND e.entry_date BETWEEN p.starts_on AND p.ends_on
             AND e.status IN ('posted', 'reversed')
       LEFT JOIN ledger.journal_lines l ON l.entry_id = e.id
-     WHERE p.period = period_document.period
-     GROUP BY p.period);
+     WHERE p.org = period_document.org AND p.period = period_document.period
+     GROUP BY p.org, p.period);
 
 -- ---------------------------------------------------------------------------
 -- Events
 -- ---------------------------------------------------------------------------
 
--- The row is the payload: webhook.emit_trigger does it all.
+-- The row is the payload: webhook.emit_trigger does it all, and
+-- 'tenant=org' records the event for the row's org.
 CREATE TRIGGER account_created
     AFTER INSERT ON ledger.accounts
-    FOR EACH ROW EXECUTE FUNCTION webhook.emit_trigger('account.created');
+    FOR EACH ROW EXECUTE FUNCTION webhook.emit_trigger('account.created', 'tenant=org');
 
 CREATE TRIGGER account_updated
     AFTER UPDATE ON ledger.accounts
     FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)
-    EXECUTE FUNCTION webhook.emit_trigger('account.updated');
+    EXECUTE FUNCTION webhook.emit_trigger('account.updated', 'tenant=org');
 
 CREATE TRIGGER journal_entry_created
     AFTER INSERT ON ledger.journal_entries
-    FOR EACH ROW EXECUTE FUNCTION webhook.emit_trigger('journal_entry.created');
+    FOR EACH ROW EXECUTE FUNCTION webhook.emit_trigger('journal_entry.created', 'tenant=org');
 
 -- The payload is built: an entry with its lines and totals; a period with
--- its figures. The trigger's argument is the event type.
+-- its figures. The trigger's argument is the event type; the row's org is
+-- the event's tenant.
 CREATE FUNCTION ledger.publish_entry() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM webhook.emit(TG_ARGV[0], ledger.entry_document(NEW.id));
+    PERFORM webhook.emit(TG_ARGV[0], ledger.entry_document(NEW.id), tenant => NEW.org);
     RETURN NULL;
 END
 $$;
@@ -257,7 +287,8 @@ $$;
 CREATE FUNCTION ledger.publish_period() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM webhook.emit(TG_ARGV[0], ledger.period_document(NEW.period));
+    PERFORM webhook.emit(TG_ARGV[0], ledger.period_document(NEW.org, NEW.period),
+                         tenant => NEW.org);
     RETURN NULL;
 END
 $$;
@@ -323,11 +354,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 
-    INSERT INTO ledger.journal_entries (entry_date, description, reversal_of)
-    VALUES (reversal_date, 'Reversal of #' || entry_id || ': ' || v_original.description, entry_id)
+    INSERT INTO ledger.journal_entries (org, entry_date, description, reversal_of)
+    VALUES (v_original.org, reversal_date,
+            'Reversal of #' || entry_id || ': ' || v_original.description, entry_id)
     RETURNING id INTO v_reversal;
-    INSERT INTO ledger.journal_lines (entry_id, account_id, debit, credit, memo)
-    SELECT v_reversal, l.account_id, l.credit, l.debit, l.memo
+    INSERT INTO ledger.journal_lines (org, entry_id, account_id, debit, credit, memo)
+    SELECT l.org, v_reversal, l.account_id, l.credit, l.debit, l.memo
       FROM ledger.journal_lines l WHERE l.entry_id = reverse_entry.entry_id ORDER BY l.id;
     CALL ledger.post_entry(v_reversal);
 
@@ -338,19 +370,19 @@ BEGIN
 END
 $$;
 
-CREATE PROCEDURE ledger.close_period(period text)
+CREATE PROCEDURE ledger.close_period(org text, period text)
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE ledger.periods p SET status = 'closed', closed_at = now()
-     WHERE p.period = close_period.period AND p.status = 'open';
+     WHERE p.org = close_period.org AND p.period = close_period.period AND p.status = 'open';
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'accounting period "%" does not exist or is not open', period
+        RAISE EXCEPTION 'accounting period "%" of "%" does not exist or is not open', period, org
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 END
 $$;
 
-CREATE PROCEDURE ledger.reopen_period(period text, reason text)
+CREATE PROCEDURE ledger.reopen_period(org text, period text, reason text)
 LANGUAGE plpgsql AS $$
 BEGIN
     IF coalesce(reason, '') = '' THEN
@@ -359,9 +391,9 @@ BEGIN
     END IF;
     UPDATE ledger.periods p
        SET status = 'open', reopened_at = now(), reopen_reason = reason
-     WHERE p.period = reopen_period.period AND p.status = 'closed';
+     WHERE p.org = reopen_period.org AND p.period = reopen_period.period AND p.status = 'closed';
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'accounting period "%" does not exist or is not closed', period
+        RAISE EXCEPTION 'accounting period "%" of "%" does not exist or is not closed', period, org
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 END

@@ -4,17 +4,22 @@
 Listens on 127.0.0.1 and, for every delivery, checks both signatures the
 extension sends -- X-Webhook-Signature (hex HMAC-SHA256 of the body) and the
 Standard Webhooks webhook-signature (base64 HMAC-SHA256 of id.timestamp.body)
--- with the secret of the endpoint the request's path belongs to, then prints
-one line: endpoint, event type, event id (webhook-id), a check mark per
-signature ("sha256" for X-Webhook-Signature, "v1" for webhook-signature) and
-the answer.
-A request whose signatures do not verify is answered 401.
+-- with the secret of the endpoint the request's path belongs to, and, for
+an endpoint of a customer (a tenant), that the event is that customer's (the
+"org" of its data). It prints one line: endpoint, the event's org ("-" for
+none), event type, event id (webhook-id), a check mark per signature
+("sha256" for X-Webhook-Signature, "v1" for webhook-signature) and the
+answer.
+A request whose signatures do not verify is answered 401; an event of
+another customer, 403.
 
-  --secrets FILE     JSON {"/path": {"name": ..., "secret": ...}, ...}; read
+  --secrets FILE     JSON {"/path": {"name": ..., "secret": ..., "tenant": ...},
+                     ...} ("tenant" only for a customer's endpoint); read
                      again whenever it changes, so it can be written after
                      the receiver has started (the endpoints need its port)
   --fail /path=N     answer 500 to the first N requests to /path
-  --stats FILE       JSON counts per path, rewritten after every request
+  --stats FILE       JSON counts per path, rewritten after every request;
+                     "events_by_org" counts the distinct events per org
   --port N           0 (the default) picks a free port
   --port-file FILE   where to write the port once listening
 
@@ -100,6 +105,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         self.requests = collections.Counter()
         self.stats = collections.defaultdict(lambda: collections.Counter())
         self.seen = collections.defaultdict(set)
+        self.events_by_org = collections.defaultdict(lambda: collections.defaultdict(set))
 
     def endpoint(self, path):
         """The {"name", "secret"} of path, reading the secrets file again if
@@ -130,8 +136,11 @@ class Receiver(http.server.ThreadingHTTPServer):
             if not isinstance(event, dict):
                 event = {}
             event_type = headers.get("X-Webhook-Event") or "?"
+            data = event.get("data")
+            org = (data.get("org") if isinstance(data, dict) else None) or "-"
             again = msg_id in self.seen[path]
             self.seen[path].add(msg_id)
+            self.events_by_org[path][org].add(msg_id)
 
             if endpoint is None:
                 hex_ok = standard_ok = False
@@ -141,12 +150,16 @@ class Receiver(http.server.ThreadingHTTPServer):
                                               headers.get("webhook-timestamp"),
                                               headers.get("webhook-signature"))
             consistent = event.get("id") == msg_id and event.get("type") == event_type
+            tenant = endpoint.get("tenant") if endpoint else None
             stats["signatures_verified"] += hex_ok + standard_ok
             stats["signatures_rejected"] += (not hex_ok) + (not standard_ok)
 
             if not (hex_ok and standard_ok and consistent):
                 stats["rejected"] += 1
                 code, verdict = 401, "REJECTED: signature or body does not verify"
+            elif tenant is not None and org != tenant:
+                stats["other_customers"] += 1
+                code, verdict = 403, "REJECTED: an event of %s, not of %s" % (org, tenant)
             elif self.requests[path] <= self.failures.get(path, 0):
                 stats["failed_on_purpose"] += 1
                 code, verdict = 500, "500, failing on purpose (%d of %d)" % (
@@ -155,8 +168,8 @@ class Receiver(http.server.ThreadingHTTPServer):
                 stats["accepted"] += 1
                 code, verdict = 200, "200"
 
-            print("  %-11s %-23s %s  %s sha256 %s v1  %s%s"
-                  % (endpoint["name"] if endpoint else path, event_type, msg_id,
+            print("  %-11s %-10s %-23s %s  %s sha256 %s v1  %s%s"
+                  % (endpoint["name"] if endpoint else path, org, event_type, msg_id,
                      "✓" if hex_ok else "✗", "✓" if standard_ok else "✗", verdict,
                      "  (retry, same webhook-id)" if again else ""),
                   flush=True)
@@ -167,7 +180,10 @@ class Receiver(http.server.ThreadingHTTPServer):
         if not self.stats_path:
             return
         with open(self.stats_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({path: dict(counts) for path, counts in self.stats.items()}, f)
+            json.dump({path: dict(counts,
+                                  events_by_org={org: len(ids) for org, ids
+                                                 in self.events_by_org[path].items()})
+                       for path, counts in self.stats.items()}, f)
         os.replace(self.stats_path + ".tmp", self.stats_path)
 
 

@@ -3,8 +3,10 @@
 # Runs demo/run --no-build (the demo without the install and build steps,
 # as this user) and checks what it reports: every event type of the ledger
 # emitted, each endpoint's deliveries, the archive's two failures and its
-# retries, the refused and the rolled-back postings, and every signature
-# verified by the receiver; then that it stopped what it started. A second
+# retries, the refused and the rolled-back postings, every signature
+# verified by the receiver, and each of the two customers' endpoints
+# receiving its own events alone while the internal ones receive both;
+# then that it stopped what it started. A second
 # run with a timeout too short to finish fails with a clear message and
 # also cleans up.
 
@@ -42,14 +44,15 @@ like($output,
 like($output, qr/posted events after ROLLBACK \| entry 3 is\s*\n-+\+-+\n\s+0 \| draft/,
     'a rolled-back posting records no event');
 
-# What the receiver printed: one line per request, both signatures checked.
-my @lines = $output =~ /^  (accounting|reporting|archive) +(\S+) +([0-9a-f-]{36})  (.) sha256 (.) v1  (.*)$/mg;
+# What the receiver printed: one line per request (endpoint, the event's
+# org, event type, webhook-id, both signatures checked, the answer).
+my @lines = $output =~ /^  (accounting|reporting|archive|northwind|contoso) +(\S+) +(\S+) +([0-9a-f-]{36})  (.) sha256 (.) v1  (.*)$/mg;
 my @requests;
-push @requests, [ splice(@lines, 0, 6) ] while @lines;
-is(scalar @requests, 21, 'the receiver printed 21 requests');
-is(scalar(grep { $_->[3] eq "\x{2713}" && $_->[4] eq "\x{2713}" } @requests),
-    21, 'every request carried two valid signatures');
-my %types = map { $_->[1] => 1 } grep { $_->[0] eq 'accounting' } @requests;
+push @requests, [ splice(@lines, 0, 7) ] while @lines;
+is(scalar @requests, 48, 'the receiver printed 48 requests');
+is(scalar(grep { $_->[4] eq "\x{2713}" && $_->[5] eq "\x{2713}" } @requests),
+    48, 'every request carried two valid signatures');
+my %types = map { $_->[2] => 1 } grep { $_->[0] eq 'accounting' } @requests;
 is_deeply(
     [ sort keys %types ],
     [
@@ -57,27 +60,54 @@ is_deeply(
           journal_entry.posted journal_entry.reversed period.closed period.reopened)
     ],
     'the accounting endpoint received all seven event types');
-is_deeply([ sort map { $_->[1] } grep { $_->[0] eq 'reporting' } @requests ],
-    [qw(period.closed period.reopened)], 'the reporting endpoint received only period.*');
+is_deeply([ sort map { $_->[2] } grep { $_->[0] eq 'reporting' } @requests ],
+    [qw(period.closed period.closed period.reopened)],
+    'the reporting endpoint received only period.*');
 my @archive = grep { $_->[0] eq 'archive' } @requests;
-is_deeply([ map { $_->[1] } @archive ], [ ('journal_entry.reversed') x 3 ],
+is_deeply([ map { $_->[2] } @archive ], [ ('journal_entry.reversed') x 3 ],
     'the archive received journal_entry.reversed three times');
-my %archive_ids = map { $_->[2] => 1 } @archive;
+my %archive_ids = map { $_->[3] => 1 } @archive;
 is(scalar keys %archive_ids, 1, '... with the same webhook-id');
-like($archive[0][5], qr/^500/, '... the first try failed');
-like($archive[1][5], qr/^500/, '... the second too');
-like($archive[2][5], qr/^200/, '... the third succeeded');
+like($archive[0][6], qr/^500/, '... the first try failed');
+like($archive[1][6], qr/^500/, '... the second too');
+like($archive[2][6], qr/^200/, '... the third succeeded');
+
+# Two customers: each one's endpoint received its own events alone; the
+# internal endpoints (accounting, reporting) received both customers'.
+foreach my $customer ([ 'northwind', 16 ], [ 'contoso', 5 ])
+{
+    my ($name, $count) = @$customer;
+    my @own = grep { $_->[0] eq $name } @requests;
+    is(scalar @own, $count, "${name}'s endpoint received $count requests");
+    is_deeply([ grep { $_->[1] ne $name } @own ], [], "... all of them events of $name");
+    is_deeply([ sort map { $_->[3] } @own ],
+        [ sort map { $_->[3] } grep { $_->[0] eq 'accounting' && $_->[1] eq $name } @requests ],
+        "... every event of $name, the same webhook-ids as accounting's");
+}
+my %accounting_orgs = map { $_->[1] => 1 } grep { $_->[0] eq 'accounting' } @requests;
+is_deeply([ sort keys %accounting_orgs ], [qw(contoso northwind)],
+    'the accounting endpoint received the events of both customers');
+my %reporting_orgs = map { $_->[1] => 1 } grep { $_->[0] eq 'reporting' } @requests;
+is_deeply([ sort keys %reporting_orgs ], [qw(contoso northwind)],
+    '... and so did reporting');
 
 # The summary, from SQL.
-like($output, qr/^ accounting \| every event\s+\|\s+16 \|\s+16 \|\s+16 \|\s+0 \|\s+16 \| 32 of 32$/m,
-    'summary: accounting got 16 deliveries, no retry');
+like($output, qr/^ accounting \| every event\s+\|\s+21 \|\s+21 \|\s+21 \|\s+0 \|\s+21 \| 42 of 42$/m,
+    'summary: accounting got 21 deliveries, no retry');
 like($output, qr/^ archive\s+\| journal_entry\.reversed \|\s+1 \|\s+1 \|\s+3 \|\s+2 \|\s+3 \| 6 of 6$/m,
     'summary: archive got 1 delivery after 2 retries');
-like($output, qr/^ reporting\s+\| period\.\*\s+\|\s+2 \|\s+2 \|\s+2 \|\s+0 \|\s+2 \| 4 of 4$/m,
-    'summary: reporting got 2 deliveries');
+like($output, qr/^ reporting\s+\| period\.\*\s+\|\s+3 \|\s+3 \|\s+3 \|\s+0 \|\s+3 \| 6 of 6$/m,
+    'summary: reporting got 3 deliveries');
+like($output, qr/^ northwind\s+\| every event\s+\|\s+16 \|\s+16 \|\s+16 \|\s+0 \|\s+16 \| 32 of 32$/m,
+    'summary: northwind got 16 deliveries');
+like($output, qr/^ contoso\s+\| every event\s+\|\s+5 \|\s+5 \|\s+5 \|\s+0 \|\s+5 \| 10 of 10$/m,
+    'summary: contoso got 5 deliveries');
 like($output,
-    qr/^demo: 16 events, 19 deliveries \(19 succeeded\), 2 retries, 42 of 42 signatures verified$/m,
+    qr/^demo: 21 events, 46 deliveries \(46 succeeded\), 2 retries, 96 of 96 signatures verified$/m,
     'summary line');
+like($output,
+    qr/^demo: each customer's endpoint received its own events alone \(contoso 5, northwind 16\); the internal endpoints received events of contoso and northwind$/m,
+    'summary: each customer received its own events alone, the internal endpoints both');
 
 # It cleaned up after itself.
 my ($tmp) = $output =~ m{data in (\S+)/data,};
