@@ -231,8 +231,9 @@ SELECT label, o.code, o.message, o.detail
                       'https://example.com/hooks', filter)) AS o;
 SELECT count(*) - :endpoints_before AS endpoints_created FROM webhook.endpoints;
 
--- Accepted: catalog names and 'prefix.*' patterns (a pattern need not match
--- anything yet). The filter is stored sorted and without duplicates; NULL
+-- Accepted: catalog names and 'prefix.*' patterns that match an event type
+-- of the catalog ('invoice.*' and 'a.b.*' match none: refused, see
+-- first_hour). The filter is stored sorted and without duplicates; NULL
 -- and '{}' both mean every event.
 SELECT filter, o.code
   FROM (VALUES ('{journal_entry.posted}'),

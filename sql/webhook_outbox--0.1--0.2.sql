@@ -1743,6 +1743,436 @@ REVOKE ALL ON FUNCTION webhook.record_endpoint_disabled(uuid, text) FROM PUBLIC;
 -- END section: operational events
 -- ===========================================================================
 
+-- ===========================================================================
+-- BEGIN section: first hour
+-- ===========================================================================
+
+-- What trips a newcomer in the first hour, caught where it is made: a
+-- filter that can never match, an emit_trigger argument that fails only
+-- when the ledger write fires it, a rotation the receiver cannot follow,
+-- and a fixed URL whose deliveries still wait out their retry delays.
+
+-- The Levenshtein distance between a and b (insertions, deletions and
+-- substitutions of one character each), for suggesting the catalog entry
+-- a mistyped name meant. fuzzystrmatch is not always installed; the
+-- strings compared here are short event type names.
+CREATE FUNCTION webhook.edit_distance(a text, b text) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_previous integer[];
+    v_current  integer[];
+    v_a        text[] := regexp_split_to_array(a, '');
+    v_b        text[] := regexp_split_to_array(b, '');
+    v_la       integer := coalesce(array_length(v_a, 1), 0);
+    v_lb       integer := coalesce(array_length(v_b, 1), 0);
+BEGIN
+    v_previous := array(SELECT generate_series(0, v_lb));
+    FOR i IN 1 .. v_la LOOP
+        v_current := array[i];
+        FOR j IN 1 .. v_lb LOOP
+            v_current := v_current || least(v_previous[j + 1] + 1, v_current[j] + 1,
+                                            v_previous[j] + CASE WHEN v_a[i] = v_b[j] THEN 0 ELSE 1 END);
+        END LOOP;
+        v_previous := v_current;
+    END LOOP;
+    RETURN v_previous[v_lb + 1];
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.edit_distance(text, text) FROM PUBLIC;
+
+-- The catalog's prefix patterns ('account.*', 'webhook.endpoint.*', ...):
+-- every proper dot-separated prefix of a catalog name, followed by '.*'.
+CREATE FUNCTION webhook.catalog_prefixes() RETURNS SETOF text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT DISTINCT array_to_string(w.words[1:n], '.') || '.*'
+      FROM (SELECT string_to_array(t.name, '.') AS words FROM webhook.event_types t) w,
+           generate_series(1, cardinality(w.words) - 1) AS n;
+END;
+REVOKE ALL ON FUNCTION webhook.catalog_prefixes() FROM PUBLIC;
+
+-- The catalog names and prefix patterns close to entry (a mistyped filter
+-- entry or event type), nearest first, at most three, as '"a", "b"'; NULL
+-- when none is close. Close: at most three edits away (one in four
+-- characters of a short name), or a pattern that continues what was typed.
+CREATE FUNCTION webhook.close_event_types(entry text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT string_agg(format('"%s"', c.candidate), ', ' ORDER BY c.distance, c.candidate COLLATE "C")
+      FROM (SELECT y.candidate, y.distance
+              FROM (SELECT x.candidate,
+                           webhook.edit_distance(close_event_types.entry, x.candidate) AS distance
+                      FROM (SELECT t.name AS candidate FROM webhook.event_types t
+                            UNION
+                            SELECT p FROM webhook.catalog_prefixes() AS p) x
+                     WHERE x.candidate <> close_event_types.entry) y
+             WHERE y.distance <= least(3, greatest(1, char_length(close_event_types.entry) / 4))
+                OR (char_length(rtrim(close_event_types.entry, '.*')) >= 3
+                    AND y.candidate LIKE '%.*'
+                    AND starts_with(y.candidate, rtrim(close_event_types.entry, '.*')))
+             ORDER BY y.distance, y.candidate COLLATE "C"
+             LIMIT 3) c;
+END;
+REVOKE ALL ON FUNCTION webhook.close_event_types(text) FROM PUBLIC;
+
+-- check_event_filter as in 0.1 (see there), stricter, so that a filter
+-- that can never match is refused rather than taken and never served: a
+-- 'prefix.*' pattern must match an event type of the catalog (register
+-- the type first), and the error names the catalog's entries closest to
+-- what was typed; '*' and a bare word (entries that look like "every
+-- event" and "this prefix") are refused with a hint saying how to write
+-- those.
+CREATE OR REPLACE FUNCTION webhook.check_event_filter(event_types text[]) RETURNS text[]
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    entry   text;
+    v_close text;
+BEGIN
+    IF event_types IS NULL OR cardinality(event_types) = 0 THEN
+        RETURN NULL;
+    END IF;
+    FOREACH entry IN ARRAY event_types LOOP
+        IF entry IS NULL THEN
+            RAISE EXCEPTION 'event type filter entries must not be null'
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        IF entry = '' THEN
+            RAISE EXCEPTION 'event type filter entries must not be empty'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF entry ~ '^[a-z0-9_]+(\.[a-z0-9_]+)*\.\*$' THEN
+            IF NOT EXISTS (SELECT 1 FROM webhook.event_types t
+                            WHERE starts_with(t.name, left(entry, -1))) THEN
+                v_close := webhook.close_event_types(entry);
+                RAISE EXCEPTION 'event type pattern "%" matches no event type in the catalog', entry
+                    USING ERRCODE = 'undefined_object',
+                          DETAIL = 'The catalog''s prefixes are: ' ||
+                              (SELECT string_agg(p, ', ' ORDER BY p COLLATE "C")
+                                 FROM webhook.catalog_prefixes() AS p) || '.',
+                          HINT = CASE WHEN v_close IS NOT NULL
+                                      THEN format('Perhaps you meant %s.', v_close)
+                                      ELSE 'Register the event types first with webhook.register_event_type().' END;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF strpos(entry, '*') > 0 OR entry ~ '^[a-z0-9_]+$' THEN
+            RAISE EXCEPTION 'invalid event type filter entry "%"', entry
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'An entry is an event type name, such as "journal_entry.posted", or a prefix pattern, such as "journal_entry.*".',
+                      HINT = format('Use NULL or ''{}'' for every event, and ''%s.*'' for a prefix.',
+                                    CASE WHEN entry ~ '^[a-z0-9_]+$' THEN entry
+                                         ELSE 'journal_entry' END);
+        END IF;
+        PERFORM webhook.check_event_type_name(entry);
+        IF NOT EXISTS (SELECT 1 FROM webhook.event_types t WHERE t.name = entry) THEN
+            v_close := webhook.close_event_types(entry);
+            RAISE EXCEPTION 'event type "%" is not in the catalog', entry
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'Known event types: ' ||
+                          (SELECT string_agg(t.name, ', ' ORDER BY t.name COLLATE "C") FROM webhook.event_types t) || '.',
+                      HINT = CASE WHEN v_close IS NOT NULL
+                                  THEN format('Perhaps you meant %s.', v_close)
+                                  ELSE 'Register it with webhook.register_event_type(), or use a pattern such as ''journal_entry.*''.' END;
+        END IF;
+    END LOOP;
+    RETURN (SELECT array_agg(DISTINCT e ORDER BY e) FROM unnest(event_types) AS e);
+END
+$$;
+
+-- Every trigger that uses webhook.emit_trigger() with arguments it would
+-- refuse when it fires, one row per problem: no event type, an event type
+-- that is malformed, reserved or not in the catalog, a statement-level
+-- trigger, an argument other than 'tenant=<column>' and
+-- 'ordering_key=<column>' (or one given twice), a column the table does
+-- not have. No row: every such trigger is fine. emit_trigger (src/emit.c)
+-- checks the same when the trigger first fires; this finds the mistakes
+-- before a ledger write does. Run it after creating triggers (and in CI).
+CREATE FUNCTION webhook.check_triggers()
+RETURNS TABLE (table_name regclass, trigger_name name, problem text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_trigger  record;
+    v_args     text[];
+    v_rest     bytea;
+    v_end      integer;
+    v_key      text;
+    v_column   text;
+    v_seen     text[];
+    v_close    text;
+BEGIN
+    FOR v_trigger IN
+        SELECT tg.tgrelid, tg.tgname, tg.tgtype, tg.tgnargs, tg.tgargs
+          FROM pg_catalog.pg_trigger tg
+         WHERE tg.tgfoid = 'webhook.emit_trigger()'::pg_catalog.regprocedure
+         ORDER BY tg.tgrelid::regclass::text, tg.tgname
+    LOOP
+        table_name := v_trigger.tgrelid;
+        trigger_name := v_trigger.tgname;
+        -- tgargs holds each argument followed by a NUL byte.
+        v_args := '{}';
+        v_rest := v_trigger.tgargs;
+        FOR i IN 1 .. v_trigger.tgnargs LOOP
+            v_end := position('\x00'::bytea IN v_rest);
+            v_args := v_args || convert_from(substring(v_rest FROM 1 FOR v_end - 1),
+                                             current_setting('server_encoding'));
+            v_rest := substring(v_rest FROM v_end + 1);
+        END LOOP;
+
+        IF v_trigger.tgtype & 1 = 0 THEN
+            problem := 'the trigger is FOR EACH STATEMENT: webhook.emit_trigger() needs FOR EACH ROW';
+            RETURN NEXT;
+        END IF;
+        IF cardinality(v_args) = 0 THEN
+            problem := 'no event type: pass it as the first argument, as in webhook.emit_trigger(''account.created'')';
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        problem := NULL;
+        BEGIN
+            PERFORM webhook.check_event_type_name(v_args[1]);
+        EXCEPTION WHEN invalid_parameter_value THEN
+            problem := format('invalid event type name "%s"', v_args[1]);
+        END;
+        IF problem IS NULL AND starts_with(v_args[1], 'webhook.') THEN
+            problem := format('event type "%s" is reserved for the extension''s operational events',
+                              v_args[1]);
+        ELSIF problem IS NULL
+              AND NOT EXISTS (SELECT 1 FROM webhook.event_types t WHERE t.name = v_args[1]) THEN
+            v_close := webhook.close_event_types(v_args[1]);
+            problem := format('event type "%s" is not in the catalog', v_args[1])
+                       || coalesce(format(' (perhaps you meant %s)', v_close), '');
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
+
+        v_seen := '{}';
+        FOR i IN 2 .. cardinality(v_args) LOOP
+            v_key := substring(v_args[i] FROM '^(tenant|ordering_key)=');
+            v_column := substring(v_args[i] FROM '^(?:tenant|ordering_key)=(.*)$');
+            IF v_key IS NULL THEN
+                problem := format('invalid argument "%s": after the event type only ''tenant=<column>'' and ''ordering_key=<column>'' are taken',
+                                  v_args[i]);
+                RETURN NEXT;
+            ELSIF v_key = ANY (v_seen) THEN
+                problem := format('argument "%s" is given more than once', v_key);
+                RETURN NEXT;
+            ELSE
+                v_seen := v_seen || v_key;
+                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = v_trigger.tgrelid AND a.attname = v_column
+                                  AND a.attnum > 0 AND NOT a.attisdropped) THEN
+                    problem := format('column "%s" of argument "%s" does not exist', v_column, v_args[i]);
+                    RETURN NEXT;
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.check_triggers() FROM PUBLIC;
+
+-- rotate_secret gains an argument, secret: the new secret, supplied by the
+-- caller (checked as create_webhook checks one) so that a receiver can be
+-- given it before deliveries are signed with it; NULL generates one as
+-- before. A new function, with the grants of the old one.
+INSERT INTO webhook.upgrade_saved_acl
+    SELECT 'rotate_secret', p.proacl FROM pg_catalog.pg_proc p
+     WHERE p.oid = 'webhook.rotate_secret(uuid, interval)'::pg_catalog.regprocedure;
+DROP FUNCTION webhook.rotate_secret(uuid, interval);
+
+-- rotate_secret as in the tenants section (see there), with the secret
+-- given or generated.
+CREATE FUNCTION webhook.rotate_secret(id uuid, grace interval DEFAULT '24 hours',
+                                      secret text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_secret text := rotate_secret.secret;
+BEGIN
+    IF grace IS NULL THEN
+        RAISE EXCEPTION 'grace period must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass interval ''0'' to stop signing with the old secret at once.';
+    END IF;
+    IF grace < interval '0' THEN
+        RAISE EXCEPTION 'grace period must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_secret IS NULL THEN
+        v_secret := webhook.generate_secret();
+    ELSE
+        PERFORM webhook.check_secret(v_secret);
+    END IF;
+    UPDATE webhook.endpoints e
+       SET previous_secret = CASE WHEN grace > interval '0' THEN e.secret END,
+           previous_secret_expires_at = CASE WHEN grace > interval '0' THEN now() + grace END,
+           secret = v_secret,
+           updated_at = now()
+     WHERE e.id = rotate_secret.id AND webhook.in_tenant_scope(e.tenant);
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(rotate_secret.id);
+    END IF;
+    RETURN v_secret;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.rotate_secret(uuid, interval, text) FROM PUBLIC;
+SELECT webhook.upgrade_carry_grants(s.acl, 'webhook.rotate_secret(uuid, interval, text)')
+  FROM webhook.upgrade_saved_acl s WHERE s.name = 'rotate_secret';
+
+-- Makes an enabled endpoint's pending deliveries that wait for a later
+-- retry due now, and wakes the worker: after its URL or headers were
+-- fixed, the next try need not wait out a delay earned by the old ones.
+-- Parked deliveries (a disabled endpoint's) and those due or in flight are
+-- left alone. Returns how many it made due.
+CREATE FUNCTION webhook.retry_now(endpoint_id uuid) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    UPDATE webhook.delivery_log d
+       SET next_attempt_at = now()
+      FROM webhook.endpoints e
+     WHERE e.id = retry_now.endpoint_id AND e.enabled
+       AND d.endpoint_id = e.id
+       AND d.status = 'pending'
+       AND d.next_attempt_at > now() AND d.next_attempt_at < 'infinity';
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM webhook.wake_worker();
+    END IF;
+    RETURN v_count;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.retry_now(uuid) FROM PUBLIC;
+
+-- update_webhook as in the tenants section (see there); since this
+-- section, a new URL or new headers make the endpoint's scheduled retries
+-- due at once (webhook.retry_now).
+CREATE OR REPLACE FUNCTION webhook.update_webhook(
+    id           uuid,
+    url          text        DEFAULT NULL,
+    event_types  text[]      DEFAULT NULL,
+    description  text        DEFAULT NULL,
+    headers      jsonb       DEFAULT NULL,
+    enabled      boolean     DEFAULT NULL,
+    ordered      boolean     DEFAULT NULL,
+    rate_limit   integer     DEFAULT NULL,
+    expires_at   timestamptz DEFAULT NULL)
+RETURNS SETOF webhook.endpoint_info
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id      uuid := id;
+    v_url     text;
+    v_was     boolean;
+    v_filter  text[];
+    v_headers jsonb := headers;
+    v_expires timestamptz;
+BEGIN
+    SELECT e.enabled, e.expires_at INTO v_was, v_expires
+      FROM webhook.endpoints e
+     WHERE e.id = v_id AND webhook.in_tenant_scope(e.tenant)
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM webhook.endpoint_not_found(v_id);
+    END IF;
+    IF update_webhook.url IS NOT NULL THEN
+        PERFORM webhook.check_url(update_webhook.url);
+    END IF;
+    -- The URL read back masked from get_webhook keeps the stored password.
+    v_url := CASE WHEN update_webhook.url = (SELECT webhook.mask_url(e.url)
+                                               FROM webhook.endpoints e WHERE e.id = v_id)
+                  THEN NULL ELSE update_webhook.url END;
+    IF update_webhook.event_types IS NOT NULL THEN
+        v_filter := webhook.check_event_filter(update_webhook.event_types);
+    END IF;
+    IF v_headers IS NOT NULL THEN
+        PERFORM webhook.check_headers(v_headers);
+        -- A masked value read back from get_webhook keeps the stored value.
+        SELECT jsonb_object_agg(h.key,
+                   CASE WHEN h.value = to_jsonb('********'::text) AND e.headers ? h.key
+                        THEN e.headers -> h.key ELSE h.value END)
+          INTO v_headers
+          FROM jsonb_each(v_headers) AS h, webhook.endpoints e
+         WHERE e.id = v_id;
+        v_headers := coalesce(v_headers, '{}'::jsonb);
+        -- The merged headers as they will be stored: within the limits too.
+        PERFORM webhook.check_headers(v_headers);
+    END IF;
+    PERFORM webhook.check_delivery_settings(nullif(update_webhook.rate_limit, 0),
+                                            nullif(update_webhook.expires_at, 'infinity'),
+                                            update_webhook.ordered);
+    IF update_webhook.expires_at IS NOT NULL THEN
+        v_expires := nullif(update_webhook.expires_at, 'infinity');
+    END IF;
+    IF update_webhook.enabled AND v_expires <= now() THEN
+        RAISE EXCEPTION 'cannot enable webhook endpoint "%": it expired at %', v_id, v_expires
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a later expires_at in the same call, or ''infinity'' for no expiry.';
+    END IF;
+
+    UPDATE webhook.endpoints e SET
+        url         = coalesce(v_url, e.url),
+        event_types = CASE WHEN update_webhook.event_types IS NULL THEN e.event_types
+                           ELSE v_filter END,
+        description = coalesce(update_webhook.description, e.description),
+        headers     = CASE WHEN v_headers IS NULL THEN e.headers
+                           WHEN v_headers = '{}'::jsonb THEN NULL
+                           ELSE v_headers END,
+        enabled     = coalesce(update_webhook.enabled, e.enabled),
+        disabled_at = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_at
+                           WHEN update_webhook.enabled THEN NULL
+                           WHEN v_was THEN now()
+                           ELSE e.disabled_at END,
+        disabled_reason = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_reason
+                           WHEN update_webhook.enabled THEN NULL
+                           WHEN v_was THEN 'disabled by ' || session_user
+                           ELSE e.disabled_reason END,
+        failing_since = CASE WHEN update_webhook.enabled THEN NULL ELSE e.failing_since END,
+        last_failure_at = CASE WHEN update_webhook.enabled THEN NULL ELSE e.last_failure_at END,
+        ordered     = coalesce(update_webhook.ordered, e.ordered),
+        rate_limit  = CASE WHEN update_webhook.rate_limit IS NULL THEN e.rate_limit
+                           ELSE nullif(update_webhook.rate_limit, 0) END,
+        expires_at  = v_expires,
+        updated_at  = now()
+     WHERE e.id = v_id;
+
+    IF update_webhook.enabled IS NOT NULL AND update_webhook.enabled IS DISTINCT FROM v_was THEN
+        PERFORM webhook.park_pending(v_id, NOT update_webhook.enabled);
+        IF NOT update_webhook.enabled THEN
+            PERFORM webhook.record_endpoint_disabled(v_id, 'manual');
+        END IF;
+    END IF;
+    -- Where the endpoint is delivered to, or how, has changed: its
+    -- scheduled retries need not wait for delays the old settings earned.
+    IF v_url IS NOT NULL OR v_headers IS NOT NULL THEN
+        PERFORM webhook.retry_now(v_id);
+    END IF;
+
+    RETURN QUERY SELECT * FROM webhook.get_webhook(v_id);
+END
+$$;
+
+-- ===========================================================================
+-- END section: first hour
+-- ===========================================================================
+
 -- ---------------------------------------------------------------------------
 -- The upgrade's own helpers go.
 --

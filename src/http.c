@@ -573,9 +573,14 @@ http_wait(long timeout_ms, uint32 wait_event_info)
 static char *
 http_describe_failure(Delivery *delivery)
 {
-	/* (a name with several addresses may have had one refused, one tried) */
+	/*
+	 * (a name with several addresses may have had one refused, one tried)
+	 * The error names the parameters that open the address, as history is
+	 * where an operator first meets the guard.
+	 */
 	if (delivery->blocked_reason[0] != '\0' && delivery->result == CURLE_COULDNT_CONNECT)
-		return psprintf("address blocked: %s", delivery->blocked_reason);
+		return psprintf("address blocked: %s; allow it with webhook.allowed_networks or webhook.allow_private_networks",
+						delivery->blocked_reason);
 	if (delivery->curl_error[0] != '\0')
 	{
 		long		os_errno = 0;

@@ -147,12 +147,12 @@ foreach my $id (sort { $blocked_ids{$a} cmp $blocked_ids{$b} } keys %blocked_ids
     is("$status/$attempts/$rows/$no_status", 'failed/2/2/2',
         "$what: two attempts, no response, then failed");
     like($error,
-        qr/^address blocked: (127\.\d+\.\d+\.\d+|0\.0\.0\.0|::1|::ffff:127\.0\.0\.1) is in (127\.0\.0\.0\/8 \(loopback\)|0\.0\.0\.0\/8 \("this" network\)|::1\/128 \(loopback\))$/,
+        qr/^address blocked: (127\.\d+\.\d+\.\d+|0\.0\.0\.0|::1|::ffff:127\.0\.0\.1) is in (127\.0\.0\.0\/8 \(loopback\)|0\.0\.0\.0\/8 \("this" network\)|::1\/128 \(loopback\)); allow it with webhook\.allowed_networks or webhook\.allow_private_networks$/,
         "$what: refused with the resolved address and its range");
     is($max_error, $error, "$what: the same reason each time");
 }
 like($outcome{ (grep { $blocked_ids{$_} eq 'ipv4-mapped (receiver)' } keys %blocked_ids)[0] }[4],
-    qr/^address blocked: ::ffff:127\.0\.0\.1 is in 127\.0\.0\.0\/8 \(loopback\)$/,
+    qr/^address blocked: ::ffff:127\.0\.0\.1 is in 127\.0\.0\.0\/8 \(loopback\); allow it with webhook\.allowed_networks or webhook\.allow_private_networks$/,
     'an IPv4-mapped address is judged by its IPv4 address');
 like($outcome{ (grep { $blocked_ids{$_} eq 'decimal (receiver)' } keys %blocked_ids)[0] }[4],
     qr/^address blocked: 127\.0\.0\.1 is in /,
@@ -208,7 +208,7 @@ like(
         'postgres',
         "SELECT status || ': ' || last_error FROM webhook.deliveries
           WHERE endpoint_id = '$still_blocked'"),
-    qr/^failed: address blocked: ::1 is in ::1\/128 \(loopback\)$/,
+    qr/^failed: address blocked: ::1 is in ::1\/128 \(loopback\); allow it with webhook\.allowed_networks or webhook\.allow_private_networks$/,
     '::1 stays blocked: 127.0.0.0/8 does not hold it');
 is($receiver->count(qr{^/allowed/ipv6}), 0, '... and nothing arrived from it');
 is($proxy->count, 0,
@@ -280,7 +280,7 @@ like(
     $node->safe_psql(
         'postgres', "SELECT status || ': ' || last_error FROM webhook.deliveries
                       WHERE event_id = '$reloaded'"),
-    qr/^failed: address blocked: 127\.0\.0\.1 is in 127\.0\.0\.0\/8 \(loopback\)$/,
+    qr/^failed: address blocked: 127\.0\.0\.1 is in 127\.0\.0\.0\/8 \(loopback\); allow it with webhook\.allowed_networks or webhook\.allow_private_networks$/,
     'after the reload, loopback is blocked again');
 is($receiver->count, $before, '... and nothing more reached the receiver');
 
