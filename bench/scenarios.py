@@ -568,8 +568,9 @@ def scenario_flaky(b, runs, context):
             raise RuntimeError('replay queued %d deliveries, expected %d' % (queued, n))
         # Every first try, then the rate of those that succeeded.
         wait_until(lambda: b.one("SELECT count(*) FROM webhook.delivery_log "
-                                 "WHERE endpoint_id = %s AND (attempts >= 1 OR status <> 'pending')",
-                                 (flaky,)) >= n, 600, 0.25, 'every first try')
+                                 "WHERE endpoint_id = %s AND created_at >= %s "
+                                 "AND (attempts >= 1 OR status <> 'pending')",
+                                 (flaky, since)) >= n, 600, 0.25, 'every first try')
         ok, last = b.sql("SELECT count(*), extract(epoch FROM max(started_at + duration_ms * "
                          "interval '1 ms'))::float8 FROM webhook.attempt_log "
                          "WHERE endpoint_id = %s AND attempt = 1 AND started_at >= %s "

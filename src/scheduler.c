@@ -38,6 +38,7 @@
 #define SCHEDULER_BREAKER_FAILURES 3
 #define SCHEDULER_COOL_OFF_MIN_MS 500
 #define SCHEDULER_COOL_OFF_MAX_MS 2000
+#define SCHEDULER_FORGET_AFTER_US ((int64) 60 * USECS_PER_SEC)
 
 /*
  * A rate limit counts requests started in 100 ms slots. A request may start
@@ -167,18 +168,21 @@ scheduler_pop_wakeup(void)
 }
 
 /*
- * Whether a moment remembered has come (they are then forgotten): a
- * delivery held back may go now, so the worker looks at the queue again.
+ * Whether a moment remembered has come since the worker last looked at the
+ * queue (last_fetch): a delivery held back may go now, so it looks again.
+ * Moments up to now are forgotten; those before last_fetch ask for nothing,
+ * as that fetch took what had come due.
  */
 bool
-scheduler_wakeup_due(TimestampTz now)
+scheduler_wakeup_due(TimestampTz now, TimestampTz last_fetch)
 {
 	bool		due = false;
 
 	while (scheduler_wakeup_count > 0 && scheduler_wakeups[0] <= now)
 	{
+		if (scheduler_wakeups[0] > last_fetch)
+			due = true;
 		scheduler_pop_wakeup();
-		due = true;
 	}
 	return due;
 }
@@ -385,6 +389,18 @@ scheduler_fetch_limits(TimestampTz now, pg_uuid_t *blocked, int *blocked_count,
 	{
 		EndpointState *state = scheduler_waiting[i];
 
+		/*
+		 * An open breaker with nothing to probe for a while (the endpoint
+		 * was deleted, disabled, or has no due delivery) is forgotten: it
+		 * opens again after as many failures if the endpoint still fails.
+		 */
+		if (state->open && !state->probing &&
+			now - state->probe_at > SCHEDULER_FORGET_AFTER_US)
+		{
+			state->open = false;
+			state->failures_in_a_row = 0;
+			state->cool_off_ms = SCHEDULER_COOL_OFF_MIN_MS;
+		}
 		if (now < state->hold_until || (state->open && (state->probing || now < state->probe_at)))
 			blocked[(*blocked_count)++] = state->id;
 		else if (state->open)

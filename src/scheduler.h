@@ -25,7 +25,7 @@ extern bool scheduler_may_start(const Delivery *d, TimestampTz now, SchedulerRea
 extern void scheduler_started(const Delivery *d, TimestampTz now);
 extern bool scheduler_finished(const Delivery *d, TimestampTz now);
 extern void scheduler_wake_at(TimestampTz moment);
-extern bool scheduler_wakeup_due(TimestampTz now);
+extern bool scheduler_wakeup_due(TimestampTz now, TimestampTz last_fetch);
 extern TimestampTz scheduler_next_wakeup(void);
 extern double scheduler_jitter(void);
 extern int	scheduler_waiting_endpoints(void);
