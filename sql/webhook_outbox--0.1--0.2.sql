@@ -1237,6 +1237,11 @@ BEGIN
             PERFORM webhook.record_endpoint_disabled(v_id, 'manual');
         END IF;
     END IF;
+    -- Where the endpoint is delivered to, or how, has changed: its
+    -- scheduled retries need not wait for delays the old settings earned.
+    IF v_url IS NOT NULL OR v_headers IS NOT NULL THEN
+        PERFORM webhook.retry_now(v_id);
+    END IF;
 
     RETURN QUERY SELECT * FROM webhook.get_webhook(v_id);
 END
@@ -2059,115 +2064,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION webhook.retry_now(uuid) FROM PUBLIC;
 
--- update_webhook as in the tenants section (see there); since this
--- section, a new URL or new headers make the endpoint's scheduled retries
--- due at once (webhook.retry_now).
-CREATE OR REPLACE FUNCTION webhook.update_webhook(
-    id           uuid,
-    url          text        DEFAULT NULL,
-    event_types  text[]      DEFAULT NULL,
-    description  text        DEFAULT NULL,
-    headers      jsonb       DEFAULT NULL,
-    enabled      boolean     DEFAULT NULL,
-    ordered      boolean     DEFAULT NULL,
-    rate_limit   integer     DEFAULT NULL,
-    expires_at   timestamptz DEFAULT NULL)
-RETURNS SETOF webhook.endpoint_info
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-    v_id      uuid := id;
-    v_url     text;
-    v_was     boolean;
-    v_filter  text[];
-    v_headers jsonb := headers;
-    v_expires timestamptz;
-BEGIN
-    SELECT e.enabled, e.expires_at INTO v_was, v_expires
-      FROM webhook.endpoints e
-     WHERE e.id = v_id AND webhook.in_tenant_scope(e.tenant)
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM webhook.endpoint_not_found(v_id);
-    END IF;
-    IF update_webhook.url IS NOT NULL THEN
-        PERFORM webhook.check_url(update_webhook.url);
-    END IF;
-    -- The URL read back masked from get_webhook keeps the stored password.
-    v_url := CASE WHEN update_webhook.url = (SELECT webhook.mask_url(e.url)
-                                               FROM webhook.endpoints e WHERE e.id = v_id)
-                  THEN NULL ELSE update_webhook.url END;
-    IF update_webhook.event_types IS NOT NULL THEN
-        v_filter := webhook.check_event_filter(update_webhook.event_types);
-    END IF;
-    IF v_headers IS NOT NULL THEN
-        PERFORM webhook.check_headers(v_headers);
-        -- A masked value read back from get_webhook keeps the stored value.
-        SELECT jsonb_object_agg(h.key,
-                   CASE WHEN h.value = to_jsonb('********'::text) AND e.headers ? h.key
-                        THEN e.headers -> h.key ELSE h.value END)
-          INTO v_headers
-          FROM jsonb_each(v_headers) AS h, webhook.endpoints e
-         WHERE e.id = v_id;
-        v_headers := coalesce(v_headers, '{}'::jsonb);
-        -- The merged headers as they will be stored: within the limits too.
-        PERFORM webhook.check_headers(v_headers);
-    END IF;
-    PERFORM webhook.check_delivery_settings(nullif(update_webhook.rate_limit, 0),
-                                            nullif(update_webhook.expires_at, 'infinity'),
-                                            update_webhook.ordered);
-    IF update_webhook.expires_at IS NOT NULL THEN
-        v_expires := nullif(update_webhook.expires_at, 'infinity');
-    END IF;
-    IF update_webhook.enabled AND v_expires <= now() THEN
-        RAISE EXCEPTION 'cannot enable webhook endpoint "%": it expired at %', v_id, v_expires
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass a later expires_at in the same call, or ''infinity'' for no expiry.';
-    END IF;
-
-    UPDATE webhook.endpoints e SET
-        url         = coalesce(v_url, e.url),
-        event_types = CASE WHEN update_webhook.event_types IS NULL THEN e.event_types
-                           ELSE v_filter END,
-        description = coalesce(update_webhook.description, e.description),
-        headers     = CASE WHEN v_headers IS NULL THEN e.headers
-                           WHEN v_headers = '{}'::jsonb THEN NULL
-                           ELSE v_headers END,
-        enabled     = coalesce(update_webhook.enabled, e.enabled),
-        disabled_at = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_at
-                           WHEN update_webhook.enabled THEN NULL
-                           WHEN v_was THEN now()
-                           ELSE e.disabled_at END,
-        disabled_reason = CASE WHEN update_webhook.enabled IS NULL THEN e.disabled_reason
-                           WHEN update_webhook.enabled THEN NULL
-                           WHEN v_was THEN 'disabled by ' || session_user
-                           ELSE e.disabled_reason END,
-        failing_since = CASE WHEN update_webhook.enabled THEN NULL ELSE e.failing_since END,
-        last_failure_at = CASE WHEN update_webhook.enabled THEN NULL ELSE e.last_failure_at END,
-        ordered     = coalesce(update_webhook.ordered, e.ordered),
-        rate_limit  = CASE WHEN update_webhook.rate_limit IS NULL THEN e.rate_limit
-                           ELSE nullif(update_webhook.rate_limit, 0) END,
-        expires_at  = v_expires,
-        updated_at  = now()
-     WHERE e.id = v_id;
-
-    IF update_webhook.enabled IS NOT NULL AND update_webhook.enabled IS DISTINCT FROM v_was THEN
-        PERFORM webhook.park_pending(v_id, NOT update_webhook.enabled);
-        IF NOT update_webhook.enabled THEN
-            PERFORM webhook.record_endpoint_disabled(v_id, 'manual');
-        END IF;
-    END IF;
-    -- Where the endpoint is delivered to, or how, has changed: its
-    -- scheduled retries need not wait for delays the old settings earned.
-    IF v_url IS NOT NULL OR v_headers IS NOT NULL THEN
-        PERFORM webhook.retry_now(v_id);
-    END IF;
-
-    RETURN QUERY SELECT * FROM webhook.get_webhook(v_id);
-END
-$$;
 
 -- ===========================================================================
 -- END section: first hour
