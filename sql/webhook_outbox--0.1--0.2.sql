@@ -1284,35 +1284,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION webhook.rotate_secret(id uuid, grace interval DEFAULT '24 hours')
-RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_secret text := webhook.generate_secret();
-BEGIN
-    IF grace IS NULL THEN
-        RAISE EXCEPTION 'grace period must not be null'
-            USING ERRCODE = 'null_value_not_allowed',
-                  HINT = 'Pass interval ''0'' to stop signing with the old secret at once.';
-    END IF;
-    IF grace < interval '0' THEN
-        RAISE EXCEPTION 'grace period must not be negative'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    UPDATE webhook.endpoints e
-       SET previous_secret = CASE WHEN grace > interval '0' THEN e.secret END,
-           previous_secret_expires_at = CASE WHEN grace > interval '0' THEN now() + grace END,
-           secret = v_secret,
-           updated_at = now()
-     WHERE e.id = rotate_secret.id AND webhook.in_tenant_scope(e.tenant);
-    IF NOT FOUND THEN
-        PERFORM webhook.endpoint_not_found(rotate_secret.id);
-    END IF;
-    RETURN v_secret;
-END
-$$;
 
 -- Sending again by hand acts on dispatched events only, and holds the
 -- event (FOR KEY SHARE) so that retention cannot remove it meanwhile. It
@@ -1995,8 +1966,9 @@ INSERT INTO webhook.upgrade_saved_acl
      WHERE p.oid = 'webhook.rotate_secret(uuid, interval)'::pg_catalog.regprocedure;
 DROP FUNCTION webhook.rotate_secret(uuid, interval);
 
--- rotate_secret as in the tenants section (see there), with the secret
--- given or generated.
+-- rotate_secret as in 0.1 (see there), seeing only the session tenant's
+-- endpoints (as the tenants section's functions do), with the secret given
+-- or generated.
 CREATE FUNCTION webhook.rotate_secret(id uuid, grace interval DEFAULT '24 hours',
                                       secret text DEFAULT NULL)
 RETURNS text
