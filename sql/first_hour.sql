@@ -133,6 +133,27 @@ SELECT next_attempt_at = now() AS due_now
 ROLLBACK;
 
 --
+-- 4b. A URL whose host spells an address the SSRF guard refuses is
+-- registered with a WARNING that names the parameters which would open it:
+-- every delivery to it would fail. (The regression server runs with the
+-- guard's defaults.) A host name is not resolved here; a public address
+-- warns of nothing.
+--
+BEGIN;
+SELECT count(*) FROM webhook.create_webhook('http://127.0.0.1:8080/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://[::1]/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://localhost:3000/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://api.localhost/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://user:pa55word@10.1.2.3/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://2130706433/hooks');
+SELECT count(*) FROM webhook.create_webhook('http://[::ffff:192.168.1.1]/hooks');
+SELECT id AS public_ip FROM webhook.create_webhook('https://8.8.8.8/hooks') \gset
+SELECT count(*) FROM webhook.create_webhook('https://receiver.example.com/hooks');
+-- update_webhook warns of a new URL as create_webhook does.
+SELECT count(*) FROM webhook.update_webhook(:'public_ip', url => 'http://169.254.169.254/latest');
+ROLLBACK;
+
+--
 -- 5. One role for operators: history and both summary views, as the
 -- README's Privileges section grants them; the cookbook's queries run for
 -- it, and keep the history of deleted endpoints (a LEFT JOIN).

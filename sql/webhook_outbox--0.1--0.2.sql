@@ -1048,6 +1048,7 @@ BEGIN
         RAISE EXCEPTION 'url must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM webhook.check_url(v_url);
+    PERFORM webhook.warn_blocked_url(v_url);
     v_filter := webhook.check_event_filter(event_types);
     IF v_secret IS NULL THEN
         v_secret := webhook.generate_secret();
@@ -1172,6 +1173,7 @@ BEGIN
     END IF;
     IF update_webhook.url IS NOT NULL THEN
         PERFORM webhook.check_url(update_webhook.url);
+        PERFORM webhook.warn_blocked_url(update_webhook.url);
     END IF;
     -- The URL read back masked from get_webhook keeps the stored password.
     v_url := CASE WHEN update_webhook.url = (SELECT webhook.mask_url(e.url)
@@ -2036,6 +2038,14 @@ END
 $$;
 REVOKE ALL ON FUNCTION webhook.retry_now(uuid) FROM PUBLIC;
 
+
+-- A WARNING when a URL's host spells an address the SSRF guard refuses
+-- (127.0.0.1, [::1], localhost, 10.0.0.5 ...), as now configured: the
+-- endpoint is still registered (the guard may be opened later), but its
+-- deliveries would all fail. create_webhook and update_webhook call it.
+CREATE FUNCTION webhook.warn_blocked_url(url text) RETURNS void
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'webhook_warn_blocked_url';
+REVOKE ALL ON FUNCTION webhook.warn_blocked_url(text) FROM PUBLIC;
 
 -- ===========================================================================
 -- END section: first hour

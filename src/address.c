@@ -361,4 +361,37 @@ address_allowed(const struct sockaddr *address, char *why, size_t why_size)
 							 allowed, allowed_count, why, why_size);
 	return address_check(address->sa_family, NULL, false, NULL, 0, why, why_size);
 }
+
+/*
+ * Whether a URL's host, when it spells an address itself (an IPv4 address
+ * in any form the resolver reads, such as 127.1; an IPv6 literal; or
+ * "localhost", which curl answers with the loopback address), is one a
+ * delivery may connect to. A name is not resolved here, so true says only
+ * that nothing is known to be blocked; the check at connect time decides.
+ */
+bool
+address_literal_allowed(const char *host, char *why, size_t why_size)
+{
+	struct sockaddr_in v4;
+	struct sockaddr_in6 v6;
+	size_t		len = strlen(host);
+
+	memset(&v4, 0, sizeof(v4));
+	memset(&v6, 0, sizeof(v6));
+	v4.sin_family = AF_INET;
+	v6.sin6_family = AF_INET6;
+	if (len > 0 && host[len - 1] == '.')
+		len--;
+	if ((len == 9 && pg_strncasecmp(host, "localhost", 9) == 0) ||
+		(len > 10 && pg_strncasecmp(host + len - 10, ".localhost", 10) == 0))
+	{
+		v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		return address_allowed((struct sockaddr *) &v4, why, why_size);
+	}
+	if (inet_aton(host, &v4.sin_addr) != 0)
+		return address_allowed((struct sockaddr *) &v4, why, why_size);
+	if (inet_pton(AF_INET6, host, &v6.sin6_addr) == 1)
+		return address_allowed((struct sockaddr *) &v6, why, why_size);
+	return true;
+}
 #endif

@@ -121,5 +121,6 @@ extern Delivery *http_next_completed(void);
 
 /* address.c: which peers a delivery may connect to */
 extern bool address_allowed(const struct sockaddr *address, char *why, size_t why_size);
+extern bool address_literal_allowed(const char *host, char *why, size_t why_size);
 
 #endif							/* WEBHOOK_DELIVERY_H */

@@ -21,6 +21,7 @@
 
 #include <openssl/evp.h>
 
+#include "delivery.h"
 #include "validate.h"
 
 #define ENDPOINTS_SECRET_BYTES 32
@@ -254,6 +255,32 @@ webhook_check_headers(PG_FUNCTION_ARGS)
 				 errmsg("webhook headers are too large: %zu bytes", size),
 				 errdetail("The names and values of an endpoint's custom headers have at most %d bytes in all.",
 						   WEBHOOK_MAX_HEADERS_SIZE)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * webhook.warn_blocked_url(url): a WARNING when the URL's host spells an
+ * address that the SSRF guard, as now configured, refuses (127.0.0.1,
+ * [::1], localhost, 10.0.0.5, ...): every delivery to it would fail, and
+ * saying so when the endpoint is registered saves finding out from its
+ * history. A host name is not resolved: that is judged at delivery.
+ */
+PG_FUNCTION_INFO_V1(webhook_warn_blocked_url);
+Datum
+webhook_warn_blocked_url(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char		host[WEBHOOK_MAX_URL_LENGTH * 4 + 1];
+	char		why[256];
+
+	if (validate_url_host(url, host, sizeof(host)) &&
+		!address_literal_allowed(host, why, sizeof(why)))
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("webhook URL \"%s\" points at a blocked address",
+						endpoints_url_for_display(url)),
+				 errdetail("%s: every delivery to it will fail with \"address blocked\".", why),
+				 errhint("To deliver to it, add its range to webhook.allowed_networks in postgresql.conf, or, on a test server only, set webhook.allow_private_networks = on.")));
 	PG_RETURN_VOID();
 }
 

@@ -162,6 +162,43 @@ validate_url(const char *url, size_t len)
 }
 
 /*
+ * The host of a URL that validate_url accepts, as curl parses it (an IPv6
+ * literal without its brackets), into host; false when it does not fit or
+ * the URL does not parse.
+ */
+bool
+validate_url_host(const char *url, char *host, size_t host_size)
+{
+	CURLU	   *parsed = curl_url();
+	char	   *parsed_host = NULL;
+	bool		found = false;
+
+	if (parsed == NULL)
+		return false;
+	if (curl_url_set(parsed, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(parsed, CURLUPART_HOST, &parsed_host, 0) == CURLUE_OK)
+	{
+		const char *start = parsed_host;
+		size_t		len = strlen(parsed_host);
+
+		if (len >= 2 && parsed_host[0] == '[' && parsed_host[len - 1] == ']')
+		{
+			start++;
+			len -= 2;
+		}
+		if (len < host_size)
+		{
+			memcpy(host, start, len);
+			host[len] = '\0';
+			found = true;
+		}
+	}
+	curl_free(parsed_host);
+	curl_url_cleanup(parsed);
+	return found;
+}
+
+/*
  * Check a custom header's name: an HTTP token, not one the extension sets.
  */
 const char *

@@ -26,6 +26,7 @@
 #define WEBHOOK_MAX_EVENT_TYPE_LENGTH 255
 
 extern const char *validate_url(const char *url, size_t len);
+extern bool validate_url_host(const char *url, char *host, size_t host_size);
 extern const char *validate_header_name(const char *name, size_t len);
 extern const char *validate_header_value(const char *value, size_t len);
 extern const char *validate_event_type_name(const char *name, size_t len);

@@ -176,9 +176,31 @@ like($stderr,
     qr/invalid value for parameter "webhook.allowed_networks".*\n.*"10\.0\.0\.0\/33" is not an address range/,
     '... saying which entry is wrong');
 
+# Registering a literal blocked address warns at once; opening its range
+# with webhook.allowed_networks silences the warning for that range only.
+sub create_warnings
+{
+    my ($url) = @_;
+    my ($rc, $out, $err) = $node->psql('postgres',
+        "BEGIN; SELECT webhook.create_webhook('$url'); ROLLBACK;");
+    is($rc, 0, "$url is registered");
+    return $err;
+}
+like(create_warnings("http://127.0.0.1:$port/warned"),
+    qr/WARNING:  webhook URL "http:\/\/127\.0\.0\.1:\d+\/warned" points at a blocked address\n.*127\.0\.0\.1 is in 127\.0\.0\.0\/8 \(loopback\).*\n.*webhook\.allowed_networks/,
+    'a literal loopback address warns when registered, naming the parameters');
+
 $node->safe_psql('postgres',
     "ALTER SYSTEM SET webhook.allowed_networks = '127.0.0.0/8'");
 $node->reload;
+$node->poll_query_until('postgres',
+    "SELECT current_setting('webhook.allowed_networks') = '127.0.0.0/8'")
+  or die 'the reload did not reach new sessions';
+is(create_warnings("http://127.0.0.1:$port/allowed"), '',
+    'no warning for an address webhook.allowed_networks opens');
+like(create_warnings("http://[::1]:$port/still-blocked"),
+    qr/WARNING:  .*points at a blocked address\n.*::1 is in ::1\/128 \(loopback\)/,
+    '... but still one for an address it does not hold');
 
 my %allowed_ids;
 foreach my $s (@spellings)
