@@ -135,6 +135,117 @@ ALTER TABLE webhook.endpoints
 ALTER TABLE webhook.delivery_log ADD COLUMN tenant text;
 ALTER TABLE webhook.attempt_log ADD COLUMN tenant text;
 
+-- Ordered delivery (the contract's "Ordering"). A delivery to an ordered
+-- endpoint gets a sequence, order_key (webhook.order_key: its event's
+-- tenant and ordering key), and a place in it, order_position: dispatch
+-- gives increasing positions in the order it takes events (the commit
+-- order, see dispatch_new_events). Of a sequence's pending deliveries at
+-- most one is under way (due, scheduled for a retry, or parked with its
+-- disabled endpoint); the others wait with next_attempt_at NULL. When the
+-- one under way ends, the waiting one with the lowest position starts
+-- (webhook.start_order_heads). Only the worker starts one, so two never
+-- run at once; a manual retry or replay only makes a delivery wait, at
+-- the end of its sequence. Deliveries to other endpoints have neither.
+ALTER TABLE webhook.delivery_log
+    ADD COLUMN order_key text,
+    ADD COLUMN order_position bigint;
+-- Positions: a chunk of dispatch (or a replay) takes one value and numbers
+-- its events below the next (value * 2^24 + n). Dumped with the outbox, so
+-- that positions keep increasing after a restore.
+CREATE SEQUENCE webhook.order_positions;
+SELECT pg_catalog.pg_extension_config_dump('webhook.order_positions', '');
+-- The waiting deliveries of each sequence, in order, and the one under way.
+CREATE INDEX delivery_log_order_waiting_idx
+    ON webhook.delivery_log (endpoint_id, order_key, order_position)
+    WHERE status = 'pending' AND next_attempt_at IS NULL AND order_key IS NOT NULL;
+CREATE INDEX delivery_log_order_started_idx
+    ON webhook.delivery_log (endpoint_id, order_key)
+    WHERE status = 'pending' AND next_attempt_at IS NOT NULL AND order_key IS NOT NULL;
+
+-- The sequence of an event at an ordered endpoint: one per tenant and
+-- ordering key (NULL and '' are no key: one sequence per endpoint and
+-- tenant). The tenant's length comes first, so no two pairs make the same
+-- text. Inlined where called (no SET clause).
+CREATE FUNCTION webhook.order_key(tenant text, ordering_key text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN coalesce(length(tenant) || ':' || tenant, '') || '/' || coalesce(ordering_key, '');
+REVOKE ALL ON FUNCTION webhook.order_key(text, text) FROM PUBLIC;
+
+-- Starts the next delivery of each sequence given (endpoint_ids[i],
+-- order_keys[i]) that has none under way: its waiting delivery with the
+-- lowest position becomes due (parked if the endpoint is disabled). A
+-- waiting delivery another transaction holds is left waiting, never
+-- passed over: the worker's next sweep (webhook.start_waiting_sequences)
+-- starts it. Only the worker calls this. Returns how many it started.
+CREATE FUNCTION webhook.start_order_heads(endpoint_ids uuid[], order_keys text[]) RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH sequences AS (
+        SELECT DISTINCT s.endpoint_id, s.order_key
+          FROM unnest(start_order_heads.endpoint_ids, start_order_heads.order_keys)
+            AS s(endpoint_id, order_key)
+         WHERE s.order_key IS NOT NULL
+    ), heads AS (
+        SELECT h.event_id, h.endpoint_id
+          FROM sequences s
+         CROSS JOIN LATERAL (
+                SELECT w.event_id, w.endpoint_id FROM webhook.delivery_log w
+                 WHERE w.endpoint_id = s.endpoint_id AND w.order_key = s.order_key
+                   AND w.status = 'pending' AND w.next_attempt_at IS NULL
+                   AND w.order_key IS NOT NULL
+                 ORDER BY w.order_position, w.event_id
+                 LIMIT 1) h
+         WHERE NOT EXISTS (SELECT 1 FROM webhook.delivery_log a
+                            WHERE a.endpoint_id = s.endpoint_id AND a.order_key = s.order_key
+                              AND a.status = 'pending' AND a.next_attempt_at IS NOT NULL)
+    ), held AS (
+        SELECT d.event_id, d.endpoint_id FROM webhook.delivery_log d
+         WHERE (d.event_id, d.endpoint_id) IN (SELECT h.event_id, h.endpoint_id FROM heads h)
+           AND d.status = 'pending' AND d.next_attempt_at IS NULL
+           FOR NO KEY UPDATE SKIP LOCKED
+    ), started AS (
+        UPDATE webhook.delivery_log d
+           SET next_attempt_at = CASE WHEN ep.enabled THEN now() ELSE 'infinity' END
+          FROM held h, webhook.endpoints ep
+         WHERE d.event_id = h.event_id AND d.endpoint_id = h.endpoint_id
+           AND ep.id = h.endpoint_id
+        RETURNING 1
+    )
+    SELECT count(*) FROM started;
+END;
+REVOKE ALL ON FUNCTION webhook.start_order_heads(uuid[], text[]) FROM PUBLIC;
+
+-- Starts every sequence that waits with none of its deliveries under way:
+-- after a manual retry or replay, a delivery whose row was held when its
+-- predecessor ended, or a change of the endpoint's settings. The worker
+-- calls it at each poll and when woken by hand; it reads each waiting
+-- sequence once (a skip scan of the waiting index), not every delivery.
+CREATE FUNCTION webhook.start_waiting_sequences() RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH RECURSIVE sequences AS (
+        (SELECT w.endpoint_id, w.order_key FROM webhook.delivery_log w
+          WHERE w.status = 'pending' AND w.next_attempt_at IS NULL AND w.order_key IS NOT NULL
+          ORDER BY w.endpoint_id, w.order_key
+          LIMIT 1)
+        UNION ALL
+        SELECT n.endpoint_id, n.order_key
+          FROM sequences s
+         CROSS JOIN LATERAL (
+                SELECT w.endpoint_id, w.order_key FROM webhook.delivery_log w
+                 WHERE w.status = 'pending' AND w.next_attempt_at IS NULL
+                   AND w.order_key IS NOT NULL
+                   AND (w.endpoint_id, w.order_key) > (s.endpoint_id, s.order_key)
+                 ORDER BY w.endpoint_id, w.order_key
+                 LIMIT 1) n
+    )
+    SELECT webhook.start_order_heads(array_agg(s.endpoint_id), array_agg(s.order_key))
+      FROM sequences s;
+END;
+REVOKE ALL ON FUNCTION webhook.start_waiting_sequences() FROM PUBLIC;
+
 -- Dispatch finds an event's endpoints through this index: those of its
 -- tenant, then those without a tenant; its cost follows those, not the
 -- number of endpoints in all.
@@ -148,16 +259,16 @@ CREATE INDEX endpoints_tenant_idx ON webhook.endpoints (tenant) WHERE enabled;
 -- section). No SET clause, so that the planner inlines it into dispatch.
 CREATE FUNCTION webhook.subscribed_endpoints(event_tenant text, event_type text,
                                              about_endpoint uuid)
-RETURNS TABLE (id uuid, tenant text)
+RETURNS TABLE (id uuid, tenant text, ordered boolean)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT ep.id, ep.tenant FROM webhook.endpoints ep
+    SELECT ep.id, ep.tenant, ep.ordered FROM webhook.endpoints ep
      WHERE ep.enabled AND ep.tenant = subscribed_endpoints.event_tenant
        AND (ep.expires_at IS NULL OR ep.expires_at > now())
        AND webhook.filter_matches(ep.event_types, subscribed_endpoints.event_type)
        AND ep.id IS DISTINCT FROM subscribed_endpoints.about_endpoint
     UNION ALL
-    SELECT ep.id, ep.tenant FROM webhook.endpoints ep
+    SELECT ep.id, ep.tenant, ep.ordered FROM webhook.endpoints ep
      WHERE ep.enabled AND ep.tenant IS NULL
        AND (ep.expires_at IS NULL OR ep.expires_at > now())
        AND webhook.filter_matches(ep.event_types, subscribed_endpoints.event_type)
@@ -264,16 +375,22 @@ BEGIN
         SELECT c.* FROM webhook.dispatch_cursor c
          WHERE NOT webhook.cursor_is_local(c.system_identifier, c.database_oid)
     ), undispatched AS (
-        SELECT e.id, e.event_type, e.tenant, e.about_endpoint
+        SELECT e.id, e.event_type, e.tenant, e.ordering_key, e.about_endpoint,
+               row_number() OVER (ORDER BY e.txid, e.id) AS n
           FROM webhook.event_log e
          WHERE e.txid <> '3'
            AND NOT EXISTS (SELECT 1 FROM origin o
                             WHERE webhook.cursor_dispatched(e.txid, e.id, o.snapshot, o.target,
                                                             o.after_txid, o.after_id))
     ), queued AS (
+        -- as dispatch queues them (see there), in the origin's order
         INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at,
-                                          tenant)
-        SELECT u.id, ep.id, u.event_type, now(), ep.tenant
+                                          tenant, order_key, order_position)
+        SELECT u.id, ep.id, u.event_type, CASE WHEN ep.ordered THEN NULL ELSE now() END,
+               ep.tenant,
+               CASE WHEN ep.ordered THEN webhook.order_key(u.tenant, u.ordering_key) END,
+               CASE WHEN ep.ordered
+                    THEN (SELECT nextval('webhook.order_positions')) * 16777216 + u.n END
           FROM undispatched u
          CROSS JOIN LATERAL webhook.subscribed_endpoints(u.tenant, u.event_type,
                                                          u.about_endpoint) ep
@@ -281,6 +398,7 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO v_queued FROM queued;
+    PERFORM webhook.start_waiting_sequences();
 
     UPDATE webhook.event_log e SET txid = '3' WHERE e.txid <> '3';
     DELETE FROM webhook.dispatch_cursor c
@@ -332,7 +450,13 @@ DECLARE
     v_database   oid := coalesce(database_oid, (SELECT d.oid FROM pg_database d
                                                  WHERE d.datname = current_database()));
     v_found      boolean;
+    v_ordered_endpoints uuid[];
+    v_ordered_keys      text[];
 BEGIN
+    IF max_events NOT BETWEEN 1 AND 16777215 THEN
+        RAISE EXCEPTION 'max_events must be 1 to 16777215, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- This database's cursor, and whether a restore brought another's (the
     -- worker passes where it runs: reading pg_control at every pass costs).
     SELECT c.* INTO v_cursor FROM webhook.dispatch_cursor c
@@ -363,12 +487,12 @@ BEGIN
     END IF;
 
     WITH fresh AS MATERIALIZED (
-        SELECT f.id, f.event_type, f.tenant, f.about_endpoint, f.txid
-          FROM (SELECT e.id, e.event_type, e.tenant, e.about_endpoint, e.txid
+        SELECT f.id, f.event_type, f.tenant, f.ordering_key, f.about_endpoint, f.txid
+          FROM (SELECT e.id, e.event_type, e.tenant, e.ordering_key, e.about_endpoint, e.txid
                   FROM (SELECT x.t FROM pg_snapshot_xip(v_cursor.snapshot) AS x(t)
                          WHERE x.t >= v_cursor.after_txid ORDER BY x.t) x
                  CROSS JOIN LATERAL (
-                        SELECT e.id, e.event_type, e.tenant, e.about_endpoint, e.txid
+                        SELECT e.id, e.event_type, e.tenant, e.ordering_key, e.about_endpoint, e.txid
                           FROM webhook.event_log e
                          WHERE e.txid = x.t
                            AND (x.t > v_cursor.after_txid OR e.id > v_cursor.after_id)
@@ -376,7 +500,7 @@ BEGIN
                          ORDER BY e.txid, e.id
                          LIMIT max_events) e
                 UNION ALL
-                (SELECT e.id, e.event_type, e.tenant, e.about_endpoint, e.txid
+                (SELECT e.id, e.event_type, e.tenant, e.ordering_key, e.about_endpoint, e.txid
                    FROM webhook.event_log e
                   -- One scalar lower bound for the index scan to start
                   -- from (a row comparison beside it could make the scan
@@ -390,21 +514,37 @@ BEGIN
                   LIMIT max_events)) f
          ORDER BY f.txid, f.id
          LIMIT max_events
+    ), numbered AS (
+        -- the order of the chunk, for ordered endpoints' positions
+        SELECT f.*, row_number() OVER (ORDER BY f.txid, f.id) AS n FROM fresh f
     ), queued AS (
+        -- An ordered endpoint's deliveries wait; start_order_heads below
+        -- starts the first of each sequence that has none under way.
         INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at,
-                                          tenant)
-        SELECT f.id, ep.id, f.event_type, now(), ep.tenant
-          FROM fresh f
+                                          tenant, order_key, order_position)
+        SELECT f.id, ep.id, f.event_type, CASE WHEN ep.ordered THEN NULL ELSE now() END,
+               ep.tenant,
+               CASE WHEN ep.ordered THEN webhook.order_key(f.tenant, f.ordering_key) END,
+               -- one value of the sequence per chunk, taken only if needed
+               -- (an uncorrelated subquery runs once, when first reached)
+               CASE WHEN ep.ordered
+                    THEN (SELECT nextval('webhook.order_positions')) * 16777216 + f.n END
+          FROM numbered f
          CROSS JOIN LATERAL webhook.subscribed_endpoints(f.tenant, f.event_type,
                                                          f.about_endpoint) ep
         ON CONFLICT DO NOTHING
-        RETURNING 1
+        RETURNING endpoint_id, order_key
     ), last AS (
         SELECT f.txid, f.id FROM fresh f ORDER BY f.txid DESC, f.id DESC LIMIT 1
     )
     SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM queued),
-           (SELECT l.txid FROM last l), (SELECT l.id FROM last l)
-      INTO events, deliveries, v_last_txid, v_last_id;
+           (SELECT l.txid FROM last l), (SELECT l.id FROM last l),
+           (SELECT array_agg(q.endpoint_id) FROM queued q WHERE q.order_key IS NOT NULL),
+           (SELECT array_agg(q.order_key) FROM queued q WHERE q.order_key IS NOT NULL)
+      INTO events, deliveries, v_last_txid, v_last_id, v_ordered_endpoints, v_ordered_keys;
+    IF v_ordered_endpoints IS NOT NULL THEN
+        PERFORM webhook.start_order_heads(v_ordered_endpoints, v_ordered_keys);
+    END IF;
 
     IF events < max_events THEN
         UPDATE webhook.dispatch_cursor c
@@ -562,9 +702,28 @@ BEGIN ATOMIC
      WHERE (d.event_id, d.endpoint_id) IN (
             SELECT p.event_id, p.endpoint_id FROM webhook.delivery_log p
              WHERE p.endpoint_id = ANY (park_deliveries.endpoint_ids) AND p.status = 'pending'
+               -- a delivery waiting its turn in an ordered sequence waits on
+               AND p.next_attempt_at IS NOT NULL
                FOR NO KEY UPDATE SKIP LOCKED);
 END;
 REVOKE ALL ON FUNCTION webhook.park_deliveries(uuid[]) FROM PUBLIC;
+
+-- As in 0.1 (see there), except that a delivery waiting its turn in an
+-- ordered sequence (next_attempt_at NULL) is neither parked nor resumed:
+-- it waits on, and starts when the one before it ends.
+CREATE OR REPLACE FUNCTION webhook.park_pending(endpoint_id uuid, parked boolean) RETURNS void
+    LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    UPDATE webhook.delivery_log d
+       SET next_attempt_at = CASE WHEN park_pending.parked THEN 'infinity'::timestamptz
+                                  ELSE pg_catalog.now() END
+     WHERE d.endpoint_id = park_pending.endpoint_id
+       AND d.status = 'pending'
+       AND d.next_attempt_at IS NOT NULL
+       AND (park_pending.parked OR d.next_attempt_at = 'infinity');
+    SELECT webhook.wake_worker() WHERE NOT park_pending.parked;
+END;
 
 -- Disables the endpoints whose expires_at has passed (reason 'expired'),
 -- parks their pending deliveries and records webhook.endpoint.disabled for
@@ -645,6 +804,8 @@ DECLARE
     v_failed_deliveries jsonb[];    -- ... and what webhook.delivery.failed says of them
     v_take      boolean[];      -- skip_locked: which outcomes to record now
     v_judgeable uuid[];         -- skip_locked: endpoints whose row we hold
+    v_ended_endpoints uuid[];   -- ordered deliveries that ended: their sequences
+    v_ended_keys      text[];
 BEGIN
     IF skip_locked THEN
         -- Record now what we can lock; a row gone with its event is dropped.
@@ -707,7 +868,7 @@ BEGIN
            -- pending deliveries to each primary-key look-up (see 0.1).
            AND d.status NOT IN ('succeeded', 'failed', 'cancelled')
         RETURNING d.event_id, d.endpoint_id, d.event_type, d.status, d.attempts,
-                  d.last_status_code, d.last_error, o.outcome
+                  d.last_status_code, d.last_error, o.outcome, d.order_key
     ), failed AS (
         -- Deliveries that end failed and report it: not those of
         -- operational events (the prefix webhook. is theirs alone).
@@ -760,8 +921,19 @@ BEGIN
                            'attempts', f.attempts, 'last_status_code', f.last_status_code,
                            'last_error', f.last_error))
                        ORDER BY f.event_id, f.endpoint_id)
-              FROM failed f)
-      INTO v_disabled, v_gone, v_failed_endpoints, v_failed_deliveries;
+              FROM failed f),
+           (SELECT array_agg(e.endpoint_id) FROM deliveries e
+             WHERE e.order_key IS NOT NULL AND e.status <> 'pending'),
+           (SELECT array_agg(e.order_key) FROM deliveries e
+             WHERE e.order_key IS NOT NULL AND e.status <> 'pending')
+      INTO v_disabled, v_gone, v_failed_endpoints, v_failed_deliveries,
+           v_ended_endpoints, v_ended_keys;
+
+    -- Ordered sequences whose delivery under way just ended: the next one
+    -- of each starts (parked, if its endpoint was just disabled).
+    IF v_ended_endpoints IS NOT NULL THEN
+        PERFORM webhook.start_order_heads(v_ended_endpoints, v_ended_keys);
+    END IF;
 
     -- Park the pending deliveries of the endpoints just disabled: a statement
     -- of its own, run only when there are some (joined to the one above, it
@@ -950,21 +1122,12 @@ REVOKE ALL ON FUNCTION webhook.in_tenant_scope(text) FROM PUBLIC;
 -- Raises 22023 unless a rate limit given is 1 to 100000 requests per
 -- second and an expiry time given is still to come (an endpoint that has
 -- expired would never receive anything). NULL: not given.
-CREATE FUNCTION webhook.check_delivery_settings(rate_limit integer, expires_at timestamptz,
-                                                ordered boolean DEFAULT NULL)
+CREATE FUNCTION webhook.check_delivery_settings(rate_limit integer, expires_at timestamptz)
     RETURNS void
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- Ordered delivery (the contract's "Ordering") is not built yet: an
-    -- endpoint asking for it is refused rather than served out of order.
-    IF ordered THEN
-        RAISE EXCEPTION 'ordered delivery is not available yet'
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'This build of webhook_outbox delivers every endpoint''s events in parallel, in any order.',
-                  HINT = 'Create the endpoint with ordered => false, and order on the receiving side by the event''s id or timestamp.';
-    END IF;
     IF rate_limit NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'rate limit % is out of range', rate_limit
             USING ERRCODE = 'invalid_parameter_value',
@@ -979,7 +1142,7 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION webhook.check_delivery_settings(integer, timestamptz, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhook.check_delivery_settings(integer, timestamptz) FROM PUBLIC;
 
 -- The endpoint functions return the new columns (tenant, ordered,
 -- rate_limit, expires_at) and create_webhook and update_webhook take new
@@ -1083,8 +1246,7 @@ BEGIN
     IF create_webhook.ordered IS NULL THEN
         RAISE EXCEPTION 'ordered must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    PERFORM webhook.check_delivery_settings(create_webhook.rate_limit, v_expires,
-                                            create_webhook.ordered);
+    PERFORM webhook.check_delivery_settings(create_webhook.rate_limit, v_expires);
 
     RETURN QUERY
     INSERT INTO webhook.endpoints AS e
@@ -1196,8 +1358,7 @@ BEGIN
         PERFORM webhook.check_headers(v_headers);
     END IF;
     PERFORM webhook.check_delivery_settings(nullif(update_webhook.rate_limit, 0),
-                                            nullif(update_webhook.expires_at, 'infinity'),
-                                            update_webhook.ordered);
+                                            nullif(update_webhook.expires_at, 'infinity'));
     IF update_webhook.expires_at IS NOT NULL THEN
         v_expires := nullif(update_webhook.expires_at, 'infinity');
     END IF;
@@ -1233,6 +1394,17 @@ BEGIN
         updated_at  = now()
      WHERE e.id = v_id;
 
+    -- No longer ordered: what waited its turn is due (or parked) now. What
+    -- dispatch queued meanwhile under the old setting still waits, and goes
+    -- one at a time as those ahead of it end.
+    IF NOT update_webhook.ordered THEN
+        UPDATE webhook.delivery_log d
+           SET next_attempt_at = CASE WHEN e.enabled THEN now() ELSE 'infinity' END
+          FROM webhook.endpoints e
+         WHERE e.id = v_id AND d.endpoint_id = v_id
+           AND d.status = 'pending' AND d.next_attempt_at IS NULL;
+        PERFORM webhook.wake_worker();
+    END IF;
     IF update_webhook.enabled IS NOT NULL AND update_webhook.enabled IS DISTINCT FROM v_was THEN
         PERFORM webhook.park_pending(v_id, NOT update_webhook.enabled);
         IF NOT update_webhook.enabled THEN
@@ -1303,19 +1475,22 @@ DECLARE
     v_event_tenant text;
     v_txid         xid8;
     v_about        uuid;
+    v_ordered      boolean;
+    v_ordering_key text;
+    v_due          timestamptz;
 BEGIN
     IF event_id IS NULL OR endpoint_id IS NULL THEN
         RAISE EXCEPTION 'event id and endpoint id must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT e.enabled, e.tenant INTO v_enabled, v_tenant
+    SELECT e.enabled, e.tenant, e.ordered INTO v_enabled, v_tenant, v_ordered
       FROM webhook.endpoints e
      WHERE e.id = retry_delivery.endpoint_id AND webhook.in_tenant_scope(e.tenant);
     IF NOT FOUND THEN
         PERFORM webhook.endpoint_not_found(retry_delivery.endpoint_id);
     END IF;
-    SELECT ev.event_type, ev.tenant, ev.txid, ev.about_endpoint
-      INTO v_event_type, v_event_tenant, v_txid, v_about
+    SELECT ev.event_type, ev.tenant, ev.txid, ev.about_endpoint, ev.ordering_key
+      INTO v_event_type, v_event_tenant, v_txid, v_about, v_ordering_key
       FROM webhook.event_log ev
      WHERE ev.id = retry_delivery.event_id AND webhook.in_tenant_scope(ev.tenant)
        FOR KEY SHARE;
@@ -1344,14 +1519,26 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'The worker dispatches it to its subscribed endpoints within moments; retry after that.';
     END IF;
+    -- At an ordered endpoint, a delivery sent again takes the end of its
+    -- sequence and waits its turn (the worker starts it): one under way or
+    -- waiting keeps its place; one under way is due now, as elsewhere.
+    v_due := CASE WHEN v_enabled THEN now() ELSE 'infinity' END;
     INSERT INTO webhook.delivery_log AS d
            (event_id, endpoint_id, event_type, status, next_attempt_at, next_attempt_manual,
-            manual_requests, tenant)
+            manual_requests, tenant, order_key, order_position)
     VALUES (retry_delivery.event_id, retry_delivery.endpoint_id, v_event_type, 'pending',
-            CASE WHEN v_enabled THEN now() ELSE 'infinity' END, true, 1, v_tenant)
+            CASE WHEN NOT v_ordered THEN v_due END, true, 1, v_tenant,
+            CASE WHEN v_ordered THEN webhook.order_key(v_event_tenant, v_ordering_key) END,
+            CASE WHEN v_ordered THEN nextval('webhook.order_positions') * 16777216 END)
     ON CONFLICT ON CONSTRAINT delivery_log_pkey DO UPDATE
        SET status = 'pending',
-           next_attempt_at = excluded.next_attempt_at,
+           next_attempt_at = CASE WHEN d.status <> 'pending' THEN excluded.next_attempt_at
+                                  WHEN d.next_attempt_at IS NULL THEN NULL
+                                  ELSE v_due END,
+           order_key = CASE WHEN d.status <> 'pending' THEN excluded.order_key
+                            ELSE d.order_key END,
+           order_position = CASE WHEN d.status <> 'pending' THEN excluded.order_position
+                                 ELSE d.order_position END,
            next_attempt_manual = true,
            manual_requests = d.manual_requests + 1;
     PERFORM webhook.wake_worker();
@@ -1372,6 +1559,7 @@ DECLARE
     v_filter  text[];
     v_enabled boolean;
     v_tenant  text;
+    v_ordered boolean;
     v_count   bigint;
 BEGIN
     IF endpoint_id IS NULL OR since IS NULL OR until IS NULL THEN
@@ -1382,7 +1570,8 @@ BEGIN
         RAISE EXCEPTION 'replay window is empty: since is after until'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT e.event_types, e.enabled, e.tenant INTO v_filter, v_enabled, v_tenant
+    SELECT e.event_types, e.enabled, e.tenant, e.ordered
+      INTO v_filter, v_enabled, v_tenant, v_ordered
       FROM webhook.endpoints e
      WHERE e.id = replay.endpoint_id AND webhook.in_tenant_scope(e.tenant);
     IF NOT FOUND THEN
@@ -1395,7 +1584,7 @@ BEGIN
           FROM webhook.dispatch_cursor c
          WHERE webhook.cursor_is_local(c.system_identifier, c.database_oid)
     ), chosen AS MATERIALIZED (
-        SELECT ev.id, ev.event_type
+        SELECT ev.id, ev.event_type, ev.tenant, ev.ordering_key, ev.txid
           FROM webhook.event_log ev
          WHERE ev.created_at >= replay.since AND ev.created_at < replay.until
            AND (v_tenant IS NULL OR ev.tenant = v_tenant)
@@ -1407,15 +1596,29 @@ BEGIN
            AND ev.about_endpoint IS DISTINCT FROM replay.endpoint_id
            FOR KEY SHARE OF ev
     )
+    -- At an ordered endpoint the replayed deliveries wait their turn at the
+    -- end of their sequences, in the order dispatch took the events
+    -- (transaction, then emit order); the worker starts them.
+    , numbered AS (
+        SELECT c.*, row_number() OVER (ORDER BY c.txid, c.id) AS n FROM chosen c
+    )
     INSERT INTO webhook.delivery_log AS d
            (event_id, endpoint_id, event_type, status, next_attempt_at, next_attempt_manual,
-            manual_requests, tenant)
+            manual_requests, tenant, order_key, order_position)
     SELECT c.id, replay.endpoint_id, c.event_type, 'pending',
-           CASE WHEN v_enabled THEN now() ELSE 'infinity' END, true, 1, v_tenant
-      FROM chosen c
+           CASE WHEN v_ordered THEN NULL WHEN v_enabled THEN now() ELSE 'infinity' END,
+           true, 1, v_tenant,
+           CASE WHEN v_ordered THEN webhook.order_key(c.tenant, c.ordering_key) END,
+           -- (a replay of more than 2^24 events spills into the next
+           -- block of positions: it may interleave with what is queued then)
+           CASE WHEN v_ordered
+                THEN (SELECT nextval('webhook.order_positions')) * 16777216 + c.n END
+      FROM numbered c
     ON CONFLICT ON CONSTRAINT delivery_log_pkey DO UPDATE
        SET status = 'pending',
            next_attempt_at = excluded.next_attempt_at,
+           order_key = excluded.order_key,
+           order_position = excluded.order_position,
            next_attempt_manual = true,
            manual_requests = d.manual_requests + 1
      WHERE d.status IN ('failed', 'cancelled');
@@ -1473,12 +1676,15 @@ SELECT q.pending_due, q.pending_scheduled, q.pending_parked,
        a.delivered_last_minute,
        round(a.delivered_last_minute / 60.0, 2) AS deliveries_per_second,
        w.pid AS worker_pid,
-       w.query AS worker_activity
+       w.query AS worker_activity,
+       q.pending_in_order
   FROM (SELECT count(*) FILTER (WHERE d.next_attempt_at <= pg_catalog.now()) AS pending_due,
                count(*) FILTER (WHERE d.next_attempt_at > pg_catalog.now()
                                   AND d.next_attempt_at < 'infinity') AS pending_scheduled,
                count(*) FILTER (WHERE d.next_attempt_at = 'infinity') AS pending_parked,
-               min(d.created_at) FILTER (WHERE d.next_attempt_at < 'infinity') AS oldest_pending_at
+               count(*) FILTER (WHERE d.next_attempt_at IS NULL) AS pending_in_order,
+               min(d.created_at) FILTER (WHERE coalesce(d.next_attempt_at, '-infinity') < 'infinity')
+                 AS oldest_pending_at
           FROM webhook.delivery_log d
          WHERE d.status = 'pending'
            AND ((SELECT coalesce(pg_catalog.current_setting('webhook.tenant', true), '') = '')
@@ -1527,6 +1733,7 @@ SELECT s.tenant,
        sum(s.pending_due)::bigint AS pending_due,
        sum(s.pending_scheduled)::bigint AS pending_scheduled,
        sum(s.pending_parked)::bigint AS pending_parked,
+       sum(s.pending_in_order)::bigint AS pending_in_order,
        pg_catalog.now() - min(s.oldest_pending_at) AS oldest_pending_age,
        sum(s.attempts_last_minute)::bigint AS attempts_last_minute,
        sum(s.failed_last_minute)::bigint AS failed_last_minute
@@ -1535,7 +1742,7 @@ SELECT s.tenant,
                count(*) FILTER (WHERE ep.enabled AND ep.failing_since IS NOT NULL) AS failing_endpoints,
                count(*) FILTER (WHERE NOT ep.enabled) AS disabled_endpoints,
                0 AS pending_due, 0 AS pending_scheduled, 0 AS pending_parked,
-               NULL::timestamptz AS oldest_pending_at,
+               0 AS pending_in_order, NULL::timestamptz AS oldest_pending_at,
                0 AS attempts_last_minute, 0 AS failed_last_minute
           FROM webhook.endpoints ep
          WHERE (SELECT coalesce(pg_catalog.current_setting('webhook.tenant', true), '') = '')
@@ -1547,7 +1754,8 @@ SELECT s.tenant,
                count(*) FILTER (WHERE d.next_attempt_at > pg_catalog.now()
                                   AND d.next_attempt_at < 'infinity'),
                count(*) FILTER (WHERE d.next_attempt_at = 'infinity'),
-               min(d.created_at) FILTER (WHERE d.next_attempt_at < 'infinity'),
+               count(*) FILTER (WHERE d.next_attempt_at IS NULL),
+               min(d.created_at) FILTER (WHERE coalesce(d.next_attempt_at, '-infinity') < 'infinity'),
                0, 0
           FROM webhook.delivery_log d
          WHERE d.status = 'pending'
@@ -1555,7 +1763,7 @@ SELECT s.tenant,
                 OR d.tenant = (SELECT pg_catalog.current_setting('webhook.tenant', true)))
          GROUP BY d.tenant
         UNION ALL
-        SELECT t.tenant, 0, 0, 0, 0, 0, 0, NULL,
+        SELECT t.tenant, 0, 0, 0, 0, 0, 0, 0, NULL,
                count(*),
                count(*) FILTER (WHERE t.status_code IS NULL OR t.status_code NOT BETWEEN 200 AND 299)
           FROM webhook.attempt_log t

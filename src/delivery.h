@@ -106,6 +106,7 @@ extern int	queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_
 extern int	queue_record(Delivery **done, int count, bool history);
 extern int64 queue_remove_old_history(int batch);
 extern int	queue_disable_expired_endpoints(void);
+extern int64 queue_start_waiting_sequences(void);
 extern void queue_free_delivery(Delivery *delivery);
 
 /* http.c: the libcurl multi pipeline */

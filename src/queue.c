@@ -37,6 +37,7 @@ static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
 static SPIPlanPtr expire_plan = NULL;
+static SPIPlanPtr sequences_plan = NULL;
 
 /*
  * Run one statement of the worker through SPI; raise if it fails. The
@@ -496,6 +497,33 @@ queue_disable_expired_endpoints(void)
 	count = (int) SPI_processed;
 	SPI_finish();
 	return count;
+}
+
+/*
+ * Start the ordered sequences that wait with none of their deliveries under
+ * way (after a manual retry or replay, or a head whose row was held when
+ * its predecessor ended); returns how many deliveries it started.
+ */
+int64
+queue_start_waiting_sequences(void)
+{
+	bool		isnull;
+	int64		started = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	queue_execute(&sequences_plan, "SELECT webhook.start_waiting_sequences()", 0, NULL, NULL,
+				  NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										  &isnull);
+
+		if (!isnull)
+			started = DatumGetInt64(value);
+	}
+	SPI_finish();
+	return started;
 }
 
 /*

@@ -430,6 +430,7 @@ worker_schema_step(void *arg)
 typedef struct WorkerPass
 {
 	bool		expire;			/* disable endpoints past their expires_at */
+	bool		sequences;		/* start ordered sequences left waiting */
 	bool		fetch;			/* fetch even if nothing was recorded */
 	int			fetch_limit;
 	Delivery  **fetched;		/* room for fetch_limit */
@@ -445,6 +446,8 @@ worker_pass(void *arg)
 		queue_record(worker_done, worker_done_count, true);
 	if (pass->expire)
 		queue_disable_expired_endpoints();
+	if (pass->sequences)
+		queue_start_waiting_sequences();
 	if (pass->fetch && pass->fetch_limit > 0)
 	{
 		/*
@@ -1130,6 +1133,7 @@ webhook_worker_main(Datum main_arg)
 		{
 			pass.fetch = fetch;
 			pass.expire = poll_due;
+			pass.sequences = poll_due || (wake & WEBHOOK_WAKE_RESCAN);
 			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
 								   worker_ready_count);
 			pass.fetched = MemoryContextAllocZero(worker_context,
