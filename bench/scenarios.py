@@ -36,6 +36,8 @@ SIZES = {
     'CEILING_SECONDS': 5,
     'TENANTS': 1000,                # x TENANT_ENDPOINTS endpoints
     'TENANT_ENDPOINTS': 10,
+    'ORDERED_EVENTS': 20000,        # ordered: unordered and 100 keys
+    'ORDERED_ONE_KEY_EVENTS': 2000, # ordered: one key (one round trip each)
 }
 for _key in SIZES:
     SIZES[_key] = int(os.environ.get('BENCH_' + _key, SIZES[_key]))
@@ -621,6 +623,52 @@ def scenario_tenants(b, runs, context):
                 'deliveries/s', 'like fanout', values, 'higher', None, note)]
 
 
+def scenario_ordered(b, runs, context):
+    """An ordered endpoint (one delivery at a time per ordering key) against
+    an unordered one, in the same run: ORDERED_EVENTS events emitted in one
+    transaction, spread over 100 keys, timed from commit to the last
+    delivery; and ORDERED_ONE_KEY_EVENTS events of a single key, which go
+    one round trip (and one recorded outcome) at a time."""
+    n, n_one = SIZES['ORDERED_EVENTS'], SIZES['ORDERED_ONE_KEY_EVENTS']
+    unordered = b.create_endpoint(b.nginx.url(0))
+    ordered = b.create_endpoint(b.nginx.url(1))
+    b.sql('SELECT 1 FROM webhook.update_webhook(%s, ordered => true)', (ordered,))
+
+    def timed(endpoint, count, keys, warm_up=False):
+        b.set_enabled(unordered, endpoint == unordered)
+        b.set_enabled(ordered, endpoint == ordered)
+        b.vacuum()
+        start_requests = b.nginx.requests()
+        since = b.now()
+        b.sql("SELECT count(webhook.emit('journal_entry.posted', public.bench_payload(i), "
+              "ordering_key => 'key-' || (i %% %s))) FROM generate_series(1, %s) AS i",
+              (keys, count))
+        t0 = time.time()
+        if warm_up:
+            return b.wait_drained([endpoint], count, start_requests)
+        return b.timed_drain([endpoint], count, t0, since, start_requests)
+
+    timed(unordered, 2000, 100, warm_up=True)
+    timed(ordered, 2000, 100, warm_up=True)
+    plain, hundred, one, ratios = [], [], [], []
+    for r in range(runs):
+        plain.append(timed(unordered, n, 100))
+        hundred.append(timed(ordered, n, 100))
+        one.append(timed(ordered, n_one, 1))
+        ratios.append(hundred[-1] / plain[-1])
+        log('ordered run %d: unordered %.0f/s, ordered with 100 keys %.0f/s (%.2f), '
+            'one key %.0f/s' % (r + 1, plain[-1], hundred[-1], ratios[-1], one[-1]))
+    b.delete_endpoints()
+    return [row('ordered', '%d events, unordered endpoint, from commit' % n, 'deliveries/s',
+                'baseline', plain, 'higher', None),
+            row('ordered', '%d events over 100 keys, ordered endpoint' % n, 'deliveries/s',
+                '>= 50% of unordered', hundred, 'higher', 0.5 * median(plain),
+                'ratio per run: %s' % ', '.join('%.2f' % x for x in ratios)),
+            row('ordered', '%d events of one key, ordered endpoint' % n_one, 'deliveries/s',
+                'report (one round trip each)', one, 'higher', None,
+                'median %.2f ms per event' % (1000.0 / median(one)))]
+
+
 SCENARIOS = {
     'ceiling': scenario_ceiling,
     'drain': scenario_drain,
@@ -633,4 +681,5 @@ SCENARIOS = {
     'history': scenario_history,
     'flaky': scenario_flaky,
     'tenants': scenario_tenants,
+    'ordered': scenario_ordered,
 }

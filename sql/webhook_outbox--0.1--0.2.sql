@@ -610,7 +610,8 @@ ALTER TABLE webhook.delivery_log
 -- - the event is joined by one key look-up per row taken, whatever the
 --   planner estimates (0.1 could read the whole event log for 64 rows);
 -- and it returns what the worker needs besides: the delivery's count of
--- manual requests, its endpoint's tenant and rate limit.
+-- manual requests, its endpoint's tenant and rate limit, and whether it is
+-- in an ordered sequence (whose next delivery waits for its outcome).
 DROP FUNCTION webhook.due_deliveries(uuid[], uuid[], integer, integer, uuid[], timestamptz[], uuid[]);
 CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[],
                                        per_endpoint integer, max_rows integer,
@@ -622,7 +623,7 @@ RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean
                event_type text, payload text, created_at timestamptz, url text,
                secret text, previous_secret text, headers jsonb,
                next_attempt_at timestamptz, manual_requests integer, tenant text,
-               rate_limit integer)
+               rate_limit integer, ordered boolean)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH busy AS (
@@ -639,9 +640,9 @@ BEGIN ATOMIC
     SELECT q.event_id, q.endpoint_id, q.attempts, q.next_attempt_manual,
            e.event_type, e.payload::text, e.created_at,
            q.url, q.secret, q.previous_secret, q.headers, q.next_attempt_at,
-           q.manual_requests, q.tenant, q.rate_limit
+           q.manual_requests, q.tenant, q.rate_limit, q.order_key IS NOT NULL
       FROM (SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
-                   d.next_attempt_at, d.manual_requests, ep.tenant, ep.rate_limit,
+                   d.next_attempt_at, d.manual_requests, ep.tenant, ep.rate_limit, d.order_key,
                    ep.url, ep.secret,
                    CASE WHEN ep.previous_secret_expires_at > now()
                         THEN ep.previous_secret END AS previous_secret,
@@ -651,7 +652,7 @@ BEGIN ATOMIC
               LEFT JOIN position p ON p.endpoint_id = ep.id
              CROSS JOIN LATERAL (
                     SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
-                           d.next_attempt_at, d.manual_requests
+                           d.next_attempt_at, d.manual_requests, d.order_key
                       FROM webhook.delivery_log d
                      WHERE d.endpoint_id = ep.id
                        AND d.status = 'pending'

@@ -33,6 +33,7 @@ typedef struct Delivery
 	int			manual_requests;	/* the row's count of them when fetched */
 	char	   *tenant;			/* its endpoint's, NULL when none */
 	int			rate_limit;		/* its endpoint's requests a second, 0: none */
+	bool		ordered;		/* in an ordered sequence: the next waits for us */
 	char	   *url;
 	char	   *body;
 	size_t		body_len;

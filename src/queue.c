@@ -282,6 +282,7 @@ queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 		d->rate_limit = DatumGetInt32(SPI_getbinval(row, desc, 15, &isnull));
 		if (isnull)
 			d->rate_limit = 0;
+		d->ordered = DatumGetBool(SPI_getbinval(row, desc, 16, &isnull));
 
 		/* The body is the same on every attempt: the signature covers it. */
 		old = MemoryContextSwitchTo(context);

@@ -81,11 +81,13 @@
  * flight) and up to webhook.concurrency beyond the free slots in all.
  * Outcomes are recorded by any pass that runs anyway (a dispatch, a
  * refetch), and otherwise once there are webhook.concurrency of them or
- * WORKER_RECORD_DELAY_MS after the first.
+ * WORKER_RECORD_DELAY_MS after the first (sooner for an ordered sequence's:
+ * see worker_record_delay_ms).
  */
 #define WORKER_PREFETCH 4
 #define WORKER_READY_MAX_MS 100
 #define WORKER_RECORD_DELAY_MS 10
+#define WORKER_RECORD_DELAY_ORDERED_MS 1
 
 /*
  * A commit that emitted wakes the worker to dispatch; under a stream of
@@ -153,6 +155,7 @@ static int	worker_quarantine_capacity = 0;
 
 static void worker_reserve(int n);
 static void worker_report_activity(bool ready);
+static long worker_record_delay_ms(void);
 
 /*
  * Register the launcher (from _PG_init, when preloaded).
@@ -890,7 +893,22 @@ worker_record_due(TimestampTz now)
 {
 	return worker_done_count > 0 &&
 		(worker_done_count >= http_max_in_flight() ||
-		 TimestampDifferenceExceeds(worker_done_since, now, WORKER_RECORD_DELAY_MS));
+		 TimestampDifferenceExceeds(worker_done_since, now, worker_record_delay_ms()));
+}
+
+/*
+ * How long finished deliveries may wait to be recorded together. The next
+ * delivery of an ordered sequence starts only once the outcome of the one
+ * before is recorded: then at once when nothing else is in flight to wait
+ * for, else after WORKER_RECORD_DELAY_ORDERED_MS.
+ */
+static long
+worker_record_delay_ms(void)
+{
+	for (int i = 0; i < worker_done_count; i++)
+		if (worker_done[i]->ordered && !worker_done[i]->record_later)
+			return worker_in_flight_count == 0 ? 0 : WORKER_RECORD_DELAY_ORDERED_MS;
+	return WORKER_RECORD_DELAY_MS;
 }
 
 /*
@@ -1197,7 +1215,7 @@ webhook_worker_main(Datum main_arg)
 		if (retention_pending)
 			timeout_ms = Min(timeout_ms, WORKER_RETENTION_PAUSE_MS);
 		if (worker_done_count > 0)
-			timeout_ms = Min(timeout_ms, WORKER_RECORD_DELAY_MS -
+			timeout_ms = Min(timeout_ms, worker_record_delay_ms() -
 							 (long) ((now - worker_done_since) / 1000));
 		if (worker_ready_count > 0)
 			timeout_ms = Min(timeout_ms, WORKER_READY_MAX_MS -
