@@ -15,6 +15,7 @@ OBJS = \
 	src/signing.o \
 	src/endpoints.o \
 	src/emit.o \
+	src/launcher.o \
 	src/worker.o \
 	src/scheduler.o \
 	src/queue.o \

@@ -109,7 +109,7 @@ class Postgres:
             "unix_socket_directories = '%s'" % root,
             'port = %d' % self.port,
             "shared_preload_libraries = 'webhook_outbox'",
-            "webhook.database = 'bench'",
+            "webhook.databases = 'bench'",
             'webhook.allow_private_networks = on',
             "shared_buffers = '512MB'",
             "max_wal_size = '8GB'",

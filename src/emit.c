@@ -362,6 +362,7 @@ emit_record(EmitRequest *request)
 	SPIPlanPtr	plan;
 	int			rc;
 
+	webhook_require_served_database();
 	webhook_require_event_type_name(type_name);
 
 	/*

@@ -24,28 +24,54 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "postmaster/bgworker.h"
+#include "utils/timestamp.h"
 
 #include <signal.h>
 
-typedef struct WebhookShared
+/*
+ * One delivery worker: the database it serves, and how committers there
+ * wake it. A slot is free while its pid is 0 (or its process is gone).
+ */
+typedef struct WorkerSlot
 {
+	Oid			database;
+	pid_t		pid;
+	Latch	   *latch;			/* NULL until the worker listens */
 	pg_atomic_uint32 wake_pending;	/* WEBHOOK_WAKE_* bits: set by committers,
 									 * cleared by the worker */
-	Latch	   *worker_latch;	/* NULL while no worker runs */
+	bool		no_extension;	/* it left: the extension is not installed */
+} WorkerSlot;
 
+/* A database whose worker is not to be started again until a time. */
+typedef struct WorkerHold
+{
+	Oid			database;
+	TimestampTz until;
+} WorkerHold;
+
+#define WAKEUP_HOLDS 8
+
+typedef struct WebhookShared
+{
 	/*
-	 * The delivery worker serving a database: at most one, whatever happens
-	 * to the launcher (a launcher that died by FATAL leaves its worker
-	 * running, and its successor must not start a second one that would
-	 * send every delivery again). Guarded by lock.
+	 * At most one worker serves a database, whatever happens to the
+	 * launcher (a launcher that died by FATAL leaves its workers running,
+	 * and its successor must not start second ones that would send every
+	 * delivery again). Slots and holds are guarded by lock.
 	 */
 	slock_t		lock;
-	Oid			worker_database;
-	pid_t		worker_pid;		/* 0 when none */
+	Latch	   *launcher_latch;
+	pg_atomic_uint32 launcher_rescan;	/* an extension was created: look again */
+	WorkerHold	holds[WAKEUP_HOLDS];	/* databases being dropped */
+	int			slot_count;
+	WorkerSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } WebhookShared;
 
 static WebhookShared *wakeup_shared = NULL;
+static WorkerSlot *wakeup_my_slot = NULL;	/* the worker's own */
 static uint32 wakeup_in_xact = 0;	/* bits to set if this transaction commits */
+static bool wakeup_rescan_in_xact = false;	/* wake the launcher at commit */
 static bool wakeup_callback_registered = false;
 
 static void wakeup_shmem_startup(void);
@@ -56,18 +82,26 @@ static shmem_request_hook_type wakeup_prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type wakeup_prev_shmem_startup_hook = NULL;
 
+/* One slot per background worker process the server may run. */
+static Size
+wakeup_shmem_size(void)
+{
+	return add_size(offsetof(WebhookShared, slots),
+					mul_size(max_worker_processes, sizeof(WorkerSlot)));
+}
+
 #if PG_VERSION_NUM >= 150000
 static void
 wakeup_shmem_request_hook(void)
 {
 	if (wakeup_prev_shmem_request_hook)
 		wakeup_prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(WebhookShared)));
+	RequestAddinShmemSpace(MAXALIGN(wakeup_shmem_size()));
 }
 #endif
 
 /*
- * Reserve shared memory for the wake-up state (called from _PG_init).
+ * Ask for the shared memory (from _PG_init).
  */
 void
 webhook_shmem_request(void)
@@ -76,15 +110,12 @@ webhook_shmem_request(void)
 	wakeup_prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = wakeup_shmem_request_hook;
 #else
-	RequestAddinShmemSpace(MAXALIGN(sizeof(WebhookShared)));
+	RequestAddinShmemSpace(MAXALIGN(wakeup_shmem_size()));
 #endif
 	wakeup_prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = wakeup_shmem_startup;
 }
 
-/*
- * Create or attach to the shared state.
- */
 static void
 wakeup_shmem_startup(void)
 {
@@ -94,42 +125,81 @@ wakeup_shmem_startup(void)
 		wakeup_prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	wakeup_shared = ShmemInitStruct("webhook_outbox", sizeof(WebhookShared), &found);
+	wakeup_shared = ShmemInitStruct("webhook_outbox", wakeup_shmem_size(), &found);
 	if (!found)
 	{
-		pg_atomic_init_u32(&wakeup_shared->wake_pending, 0);
-		wakeup_shared->worker_latch = NULL;
 		SpinLockInit(&wakeup_shared->lock);
-		wakeup_shared->worker_database = InvalidOid;
-		wakeup_shared->worker_pid = 0;
+		wakeup_shared->launcher_latch = NULL;
+		pg_atomic_init_u32(&wakeup_shared->launcher_rescan, 0);
+		memset(wakeup_shared->holds, 0, sizeof(wakeup_shared->holds));
+		wakeup_shared->slot_count = max_worker_processes;
+		for (int i = 0; i < wakeup_shared->slot_count; i++)
+		{
+			WorkerSlot *slot = &wakeup_shared->slots[i];
+
+			slot->database = InvalidOid;
+			slot->pid = 0;
+			slot->latch = NULL;
+			pg_atomic_init_u32(&slot->wake_pending, 0);
+			slot->no_extension = false;
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * Wake the worker with reasons (WEBHOOK_WAKE_* bits), unless a wake-up
- * with those reasons is pending already.
+ * The slot of the worker serving database, or NULL. Read without the lock:
+ * a committer that misses a worker just starting is covered by the
+ * worker's first pass, which takes everything committed before it.
  */
+static WorkerSlot *
+wakeup_slot_of(Oid database)
+{
+	if (wakeup_shared == NULL)
+		return NULL;
+	for (int i = 0; i < wakeup_shared->slot_count; i++)
+	{
+		WorkerSlot *slot = &wakeup_shared->slots[i];
+
+		if (slot->database == database && slot->pid != 0)
+			return slot;
+	}
+	return NULL;
+}
+
 static void
 webhook_wake(uint32 reasons)
 {
+	WorkerSlot *slot = wakeup_slot_of(MyDatabaseId);
 	Latch	   *latch;
 
-	if (wakeup_shared == NULL)
+	if (slot == NULL)
 		return;
-	if ((pg_atomic_read_u32(&wakeup_shared->wake_pending) & reasons) == reasons)
+	if ((pg_atomic_read_u32(&slot->wake_pending) & reasons) == reasons)
 		return;
-	if ((pg_atomic_fetch_or_u32(&wakeup_shared->wake_pending, reasons) & reasons) == reasons)
+	if ((pg_atomic_fetch_or_u32(&slot->wake_pending, reasons) & reasons) == reasons)
 		return;
-	latch = wakeup_shared->worker_latch;
+	latch = slot->latch;
 	if (latch != NULL)
 		SetLatch(latch);
 }
 
 /*
- * At commit of a transaction that emitted (or changed deliveries), wake the
- * worker.
+ * Wake the launcher to look for databases to serve.
  */
+static void
+wakeup_launcher(void)
+{
+	Latch	   *latch;
+
+	if (wakeup_shared == NULL)
+		return;
+	pg_atomic_write_u32(&wakeup_shared->launcher_rescan, 1);
+	latch = wakeup_shared->launcher_latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
 {
@@ -139,12 +209,16 @@ wakeup_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wakeup_in_xact != 0)
 				webhook_wake(wakeup_in_xact);
+			if (wakeup_rescan_in_xact)
+				wakeup_launcher();
 			wakeup_in_xact = 0;
+			wakeup_rescan_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			wakeup_in_xact = 0;
+			wakeup_rescan_in_xact = false;
 			break;
 		default:
 			break;
@@ -167,9 +241,17 @@ webhook_wake_at_commit(uint32 reasons)
 }
 
 /*
- * The pid of the live delivery worker serving database, or 0. A slot whose
- * process is gone (it cannot normally outlive its process: the worker
- * clears it on exit, and a crash resets shared memory) counts as free.
+ * Whether a live process has pid (a slot cannot normally outlive its
+ * process: the worker clears it on exit, and a crash resets shared memory).
+ */
+static bool
+wakeup_alive(pid_t pid)
+{
+	return pid != 0 && !(kill(pid, 0) != 0 && errno == ESRCH);
+}
+
+/*
+ * The pid of the live delivery worker serving database, or 0.
  */
 pid_t
 webhook_worker_pid(Oid database)
@@ -179,41 +261,94 @@ webhook_worker_pid(Oid database)
 	if (wakeup_shared == NULL)
 		return 0;
 	SpinLockAcquire(&wakeup_shared->lock);
-	if (wakeup_shared->worker_database == database)
-		pid = wakeup_shared->worker_pid;
+	for (int i = 0; i < wakeup_shared->slot_count; i++)
+		if (wakeup_shared->slots[i].database == database && wakeup_shared->slots[i].pid != 0)
+			pid = wakeup_shared->slots[i].pid;
 	SpinLockRelease(&wakeup_shared->lock);
-	if (pid != 0 && kill(pid, 0) != 0 && errno == ESRCH)
-		pid = 0;
-	return pid;
+	return wakeup_alive(pid) ? pid : 0;
 }
 
 /*
- * Claim the slot of the delivery worker for database; false if another
- * live worker holds it (or one for another database: one is served).
+ * Clear the slot at index if pid still holds it and is gone; whether it did.
+ */
+static bool
+wakeup_clear_if_gone(int index, pid_t pid)
+{
+	bool		cleared = false;
+
+	if (pid == 0 || wakeup_alive(pid))
+		return false;
+	SpinLockAcquire(&wakeup_shared->lock);
+	if (wakeup_shared->slots[index].pid == pid)
+	{
+		wakeup_shared->slots[index].pid = 0;
+		wakeup_shared->slots[index].latch = NULL;
+		wakeup_shared->slots[index].database = InvalidOid;
+		cleared = true;
+	}
+	SpinLockRelease(&wakeup_shared->lock);
+	return cleared;
+}
+
+/*
+ * Claim a slot for the delivery worker of database; false if another live
+ * worker serves it, or no slot is free.
  */
 bool
 webhook_worker_claim(Oid database)
 {
-	pid_t		holder;
-	bool		claimed = false;
-
 	if (wakeup_shared == NULL)
 		return true;
-	SpinLockAcquire(&wakeup_shared->lock);
-	holder = wakeup_shared->worker_pid;
-	SpinLockRelease(&wakeup_shared->lock);
-	/* kill() outside the spinlock; the claim below rechecks the holder */
-	if (holder != 0 && holder != MyProcPid && kill(holder, 0) != 0 && errno == ESRCH)
-		holder = 0;
-	SpinLockAcquire(&wakeup_shared->lock);
-	if (wakeup_shared->worker_pid == holder && (holder == 0 || holder == MyProcPid))
+	for (int attempt = 0; attempt < 3; attempt++)
 	{
-		wakeup_shared->worker_database = database;
-		wakeup_shared->worker_pid = MyProcPid;
-		claimed = true;
+		int			holder = -1;
+		int			free_slot = -1;
+		pid_t		holder_pid = 0;
+		bool		cleared = false;
+
+		SpinLockAcquire(&wakeup_shared->lock);
+		for (int i = 0; i < wakeup_shared->slot_count; i++)
+		{
+			WorkerSlot *slot = &wakeup_shared->slots[i];
+
+			if (slot->pid != 0 && slot->database == database)
+				holder = i;
+			/* a free slot, preferably not one that carries a report */
+			else if (slot->pid == 0 &&
+					 (free_slot < 0 || (wakeup_shared->slots[free_slot].no_extension &&
+										!slot->no_extension)))
+				free_slot = i;
+		}
+		if (holder >= 0)
+			holder_pid = wakeup_shared->slots[holder].pid;
+		else if (free_slot >= 0)
+		{
+			WorkerSlot *slot = &wakeup_shared->slots[free_slot];
+
+			slot->database = database;
+			slot->pid = MyProcPid;
+			slot->latch = NULL;
+			slot->no_extension = false;
+			wakeup_my_slot = slot;
+		}
+		SpinLockRelease(&wakeup_shared->lock);
+
+		if (wakeup_my_slot != NULL)
+			return true;
+		if (holder >= 0)
+		{
+			/* another worker serves it, unless its process is gone */
+			if (!wakeup_clear_if_gone(holder, holder_pid))
+				return false;
+			continue;
+		}
+		/* every slot taken: some may belong to processes gone */
+		for (int i = 0; i < wakeup_shared->slot_count; i++)
+			cleared |= wakeup_clear_if_gone(i, wakeup_shared->slots[i].pid);
+		if (!cleared)
+			return false;
 	}
-	SpinLockRelease(&wakeup_shared->lock);
-	return claimed;
+	return false;
 }
 
 /*
@@ -222,30 +357,34 @@ webhook_worker_claim(Oid database)
 void
 webhook_worker_attach(void)
 {
-	if (wakeup_shared == NULL)
+	if (wakeup_my_slot == NULL)
 		return;
-	wakeup_shared->worker_latch = MyLatch;
+	wakeup_my_slot->latch = MyLatch;
 	pg_write_barrier();
 	/* Whatever committed before we were listening is found by the first pass. */
-	pg_atomic_write_u32(&wakeup_shared->wake_pending, WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN);
+	pg_atomic_write_u32(&wakeup_my_slot->wake_pending, WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN);
 }
 
 /*
- * Withdraw the worker's latch and free its slot at exit.
+ * Withdraw the worker's latch and free its slot at exit; no_extension says
+ * it leaves because the extension is not installed in its database.
  */
 void
-webhook_worker_detach(void)
+webhook_worker_detach(bool no_extension)
 {
-	if (wakeup_shared == NULL)
+	if (wakeup_my_slot == NULL)
 		return;
 	SpinLockAcquire(&wakeup_shared->lock);
-	if (wakeup_shared->worker_pid == MyProcPid)
+	if (wakeup_my_slot->pid == MyProcPid)
 	{
-		wakeup_shared->worker_latch = NULL;
-		wakeup_shared->worker_pid = 0;
-		wakeup_shared->worker_database = InvalidOid;
+		wakeup_my_slot->latch = NULL;
+		wakeup_my_slot->pid = 0;
+		wakeup_my_slot->no_extension = no_extension;
+		if (!no_extension)
+			wakeup_my_slot->database = InvalidOid;
 	}
 	SpinLockRelease(&wakeup_shared->lock);
+	wakeup_my_slot = NULL;
 }
 
 /*
@@ -254,9 +393,9 @@ webhook_worker_detach(void)
 uint32
 webhook_consume_wake(void)
 {
-	if (wakeup_shared == NULL)
+	if (wakeup_my_slot == NULL)
 		return WEBHOOK_WAKE_DISPATCH | WEBHOOK_WAKE_RESCAN;
-	return pg_atomic_exchange_u32(&wakeup_shared->wake_pending, 0);
+	return pg_atomic_exchange_u32(&wakeup_my_slot->wake_pending, 0);
 }
 
 /*
@@ -265,7 +404,110 @@ webhook_consume_wake(void)
 bool
 webhook_wake_pending(void)
 {
-	return wakeup_shared != NULL && pg_atomic_read_u32(&wakeup_shared->wake_pending) != 0;
+	return wakeup_my_slot != NULL && pg_atomic_read_u32(&wakeup_my_slot->wake_pending) != 0;
+}
+
+/*
+ * The launcher: publish its latch; take the request to look again.
+ */
+void
+webhook_launcher_attach(void)
+{
+	if (wakeup_shared != NULL)
+		wakeup_shared->launcher_latch = MyLatch;
+}
+
+bool
+webhook_launcher_consume_rescan(void)
+{
+	return wakeup_shared != NULL &&
+		pg_atomic_exchange_u32(&wakeup_shared->launcher_rescan, 0) != 0;
+}
+
+/*
+ * The databases whose workers left for want of the extension since the
+ * last call (the launcher then waits for a CREATE EXTENSION before
+ * starting them again); at most max of them, into databases.
+ */
+int
+webhook_launcher_take_no_extension(Oid *databases, int max)
+{
+	int			count = 0;
+
+	if (wakeup_shared == NULL)
+		return 0;
+	SpinLockAcquire(&wakeup_shared->lock);
+	for (int i = 0; i < wakeup_shared->slot_count && count < max; i++)
+	{
+		WorkerSlot *slot = &wakeup_shared->slots[i];
+
+		if (slot->pid == 0 && slot->no_extension)
+		{
+			databases[count++] = slot->database;
+			slot->no_extension = false;
+			slot->database = InvalidOid;
+		}
+	}
+	SpinLockRelease(&wakeup_shared->lock);
+	return count;
+}
+
+/*
+ * Keep the launcher from starting a worker for database until until (a
+ * DROP DATABASE is under way); whether database is held now.
+ */
+void
+webhook_hold_database(Oid database, TimestampTz until)
+{
+	int			chosen = 0;
+
+	if (wakeup_shared == NULL)
+		return;
+	SpinLockAcquire(&wakeup_shared->lock);
+	for (int i = 0; i < WAKEUP_HOLDS; i++)
+	{
+		if (wakeup_shared->holds[i].database == database)
+		{
+			chosen = i;
+			break;
+		}
+		if (wakeup_shared->holds[i].until < wakeup_shared->holds[chosen].until)
+			chosen = i;
+	}
+	wakeup_shared->holds[chosen].database = database;
+	wakeup_shared->holds[chosen].until = until;
+	SpinLockRelease(&wakeup_shared->lock);
+}
+
+bool
+webhook_database_held(Oid database, TimestampTz now)
+{
+	bool		held = false;
+
+	if (wakeup_shared == NULL)
+		return false;
+	SpinLockAcquire(&wakeup_shared->lock);
+	for (int i = 0; i < WAKEUP_HOLDS; i++)
+		if (wakeup_shared->holds[i].database == database && wakeup_shared->holds[i].until > now)
+			held = true;
+	SpinLockRelease(&wakeup_shared->lock);
+	return held;
+}
+
+/*
+ * Have the launcher look for databases to serve when the current
+ * transaction commits (one that creates or updates the extension), rather
+ * than at its next look.
+ */
+void
+webhook_rescan_at_commit(void)
+{
+	if (!wakeup_callback_registered)
+	{
+		RegisterXactCallback(wakeup_xact_callback, NULL);
+		wakeup_callback_registered = true;
+	}
+	wakeup_rescan_in_xact = true;
 }
 
 /*

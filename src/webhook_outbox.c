@@ -18,6 +18,8 @@
 PG_MODULE_MAGIC;
 
 char	   *webhook_database = NULL;
+char	   *webhook_databases = NULL;
+bool		webhook_test_launch_workers = true;
 char	   *webhook_tenant = NULL;
 int			webhook_concurrency = 64;
 int			webhook_per_endpoint_concurrency = 16;
@@ -183,10 +185,21 @@ _PG_init(void)
 	if (!guc_require_preload())
 		return;
 
+	DefineCustomStringVariable("webhook.databases",
+							   "Databases served by delivery workers.",
+							   "'*' means every database with the extension installed; else a comma-separated list of names.",
+							   &webhook_databases, "*",
+							   PGC_SIGHUP, GUC_LIST_INPUT, webhook_check_databases, NULL, NULL);
 	DefineCustomStringVariable("webhook.database",
-							   "Database the webhook delivery worker serves.",
-							   NULL, &webhook_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+							   "Deprecated (0.1): when set, the one database served; webhook.databases is then ignored.",
+							   NULL, &webhook_database, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	/* for tests whose expected output must not change under a worker */
+	DefineCustomBoolVariable("webhook.test_launch_workers",
+							 "Whether the launcher starts delivery workers (for tests).",
+							 NULL, &webhook_test_launch_workers, true,
+							 PGC_SIGHUP, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 	DefineCustomStringVariable("webhook.tenant",
 							   "Tenant that this session emits for and is scoped to.",
 							   "Empty means no tenant: every tenant's rows are in scope.",
@@ -269,6 +282,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("webhook");
 
 	webhook_shmem_request();
+	webhook_install_utility_hook();
 
 	/*
 	 * PostgreSQL 15 starts background workers under pg_upgrade too: no

@@ -15,12 +15,15 @@
 #include "postgres.h"
 
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #define WEBHOOK_OUTBOX_VERSION "0.2"
 #define WEBHOOK_USER_AGENT "webhook_outbox/" WEBHOOK_OUTBOX_VERSION
 
 /* Parameters (webhook_outbox.c) */
 extern char *webhook_database;
+extern char *webhook_databases;
+extern bool webhook_test_launch_workers;
 extern char *webhook_tenant;
 extern int	webhook_concurrency;
 extern int	webhook_per_endpoint_concurrency;
@@ -52,9 +55,22 @@ extern void webhook_wake_at_commit(uint32 reasons);
 extern void webhook_worker_attach(void);
 extern bool webhook_worker_claim(Oid database);
 extern pid_t webhook_worker_pid(Oid database);
-extern void webhook_worker_detach(void);
+extern void webhook_worker_detach(bool no_extension);
 extern uint32 webhook_consume_wake(void);
 extern bool webhook_wake_pending(void);
+extern void webhook_launcher_attach(void);
+extern bool webhook_launcher_consume_rescan(void);
+extern void webhook_rescan_at_commit(void);
+extern int	webhook_launcher_take_no_extension(Oid *databases, int max);
+extern void webhook_hold_database(Oid database, TimestampTz until);
+extern bool webhook_database_held(Oid database, TimestampTz now);
+
+/* databases.c: which databases are served, and DROP DATABASE */
+extern bool webhook_database_served(const char *name);
+extern bool webhook_check_databases(char **newval, void **extra, GucSource source);
+extern const char *webhook_served_databases(void);
+extern void webhook_require_served_database(void);
+extern void webhook_install_utility_hook(void);
 
 /* endpoints.c: errors about user-supplied values */
 extern char *webhook_value_for_display(const char *value);

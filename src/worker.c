@@ -71,7 +71,6 @@
 #define WORKER_RETENTION_INTERVAL_MS (60 * 1000)
 #define WORKER_RETENTION_PAUSE_MS 100
 #define WORKER_RETENTION_BATCH 1000
-#define WORKER_RELAUNCH_DELAY_MS 1000
 #define WORKER_REPLAN_INTERVAL_MS (60 * 1000)
 #define WORKER_STALLED_MS 1000
 
@@ -100,9 +99,8 @@
  */
 #define WORKER_DISPATCH_GAP_US 1000
 
-PGDLLEXPORT void webhook_launcher_main(Datum main_arg);
-
 /* The delivery worker's state */
+static bool worker_no_extension = false;	/* leaving: no extension here */
 static MemoryContext worker_context = NULL;
 static Delivery **worker_in_flight = NULL;
 static int	worker_in_flight_count = 0;
@@ -156,149 +154,6 @@ static int	worker_quarantine_capacity = 0;
 static void worker_reserve(int n);
 static void worker_report_activity(bool ready);
 static long worker_record_delay_ms(void);
-
-/*
- * Register the launcher (from _PG_init, when preloaded).
- */
-void
-webhook_register_worker(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "webhook_outbox");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "webhook_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "webhook_outbox launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "webhook_outbox launcher");
-	RegisterBackgroundWorker(&worker);
-}
-
-/*
- * The OID of webhook.database, or InvalidOid while it does not exist. The
- * launcher has no database, so it reads pg_database by a plain scan, as
- * the autovacuum launcher does (its indexes need a database's relcache).
- */
-static Oid
-launcher_database_oid(void)
-{
-	Oid			oid = InvalidOid;
-	Relation	relation;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
-	relation = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(relation, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
-
-		if (strcmp(NameStr(db->datname), webhook_database) == 0 && db->datallowconn)
-		{
-			oid = db->oid;
-			break;
-		}
-	}
-	table_endscan(scan);
-	table_close(relation, AccessShareLock);
-	CommitTransactionCommand();
-	return oid;
-}
-
-/*
- * Start the delivery worker for a database; NULL if no slot was free.
- */
-static BackgroundWorkerHandle *
-launcher_start_worker(Oid database)
-{
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;	/* the launcher restarts it */
-	worker.bgw_main_arg = ObjectIdGetDatum(database);
-	worker.bgw_notify_pid = MyProcPid;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "webhook_outbox");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "webhook_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "webhook_outbox worker for \"%s\"", webhook_database);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "webhook_outbox worker");
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-	{
-		ereport(LOG,
-				(errmsg("webhook_outbox could not start its delivery worker"),
-				 errhint("Raise max_worker_processes.")));
-		return NULL;
-	}
-	return handle;
-}
-
-/*
- * The launcher's main loop.
- */
-void
-webhook_launcher_main(Datum main_arg)
-{
-	BackgroundWorkerHandle *handle = NULL;
-	TimestampTz last_launch = 0;
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	pgstat_report_activity(STATE_IDLE, "waiting for the delivery worker");
-
-	while (!ShutdownRequestPending)
-	{
-		pid_t		pid;
-		long		wait_ms = 5000;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		if (handle != NULL && GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
-		{
-			pfree(handle);
-			handle = NULL;
-		}
-		if (handle == NULL)
-		{
-			long		since_ms = (long) ((GetCurrentTimestamp() - last_launch) / 1000);
-
-			if (since_ms < WORKER_RELAUNCH_DELAY_MS)
-				wait_ms = WORKER_RELAUNCH_DELAY_MS - since_ms;
-			else
-			{
-				Oid			database = launcher_database_oid();
-
-				/*
-				 * A worker may still serve the database without a handle of
-				 * ours: the one a previous launcher started before it died.
-				 * Start none beside it; look again later.
-				 */
-				if (OidIsValid(database) && webhook_worker_pid(database) == 0)
-					handle = launcher_start_worker(database);
-				last_launch = GetCurrentTimestamp();
-			}
-		}
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 wait_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
-	if (handle != NULL)
-		TerminateBackgroundWorker(handle);
-	proc_exit(1);
-}
 
 /*
  * Run fn in a transaction of its own; on error, log it, roll back and
@@ -917,7 +772,7 @@ worker_record_delay_ms(void)
 static void
 worker_on_exit(int code, Datum arg)
 {
-	webhook_worker_detach();
+	webhook_worker_detach(worker_no_extension);
 	http_shutdown();
 }
 
@@ -1113,11 +968,22 @@ webhook_worker_main(Datum main_arg)
 		/* Is the extension there, at this library's version? */
 		if (poll_due || (!ready && wake != 0))
 		{
-			SchemaState state = SCHEMA_MISSING;
+			SchemaState state = SCHEMA_READY;
 			bool		now_ready;
 
 			now_ready = worker_transaction(worker_schema_step, &state, "look for the extension") &&
 				state == SCHEMA_READY;
+
+			/*
+			 * Not installed here (never, or dropped): leave, and let the
+			 * launcher know, so that no worker stays connected to a
+			 * database that does not use the extension.
+			 */
+			if (state == SCHEMA_MISSING)
+			{
+				worker_no_extension = true;
+				proc_exit(0);
+			}
 			if (now_ready != ready)
 			{
 				ready = now_ready;

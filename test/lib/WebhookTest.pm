@@ -33,7 +33,6 @@ sub new_node
     $node->append_conf(
         'postgresql.conf', join("\n",
             "shared_preload_libraries = 'webhook_outbox'",
-            "webhook.database = 'postgres'",
             "webhook.allow_private_networks = on",
             "webhook.retry_schedule = '1s,1s,1s'",
             "max_prepared_transactions = 10",

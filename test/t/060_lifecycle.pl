@@ -1,8 +1,10 @@
 # test/t/060_lifecycle.pl: the worker as an operator sees it.
 #
-# The node serves a database that does not exist at start: the launcher
-# waits quietly (no FATAL in the log), starts the worker once the database
-# is created, and the worker waits for CREATE EXTENSION, then delivers.
+# The node serves a database that does not exist at start, named by the
+# deprecated webhook.database of 0.1 (which still works, and is logged as
+# deprecated): the launcher waits quietly (no FATAL in the log); once the
+# database is created, no worker stays connected to it until CREATE
+# EXTENSION, which starts one at once, and it delivers.
 # Both show in pg_stat_activity.  A reload changes webhook.timeout; DROP
 # DATABASE of another database does not hang on the worker (procsignal
 # barrier), even with a request in flight; an event arrives within
@@ -52,21 +54,27 @@ ok( $node->poll_query_until(
         q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'webhook_outbox launcher'}),
     'the launcher runs');
 sleep 3;    # several launcher rounds while the database is missing
-is(processes(), 'webhook_outbox launcher||waiting for the delivery worker',
+is(processes(), 'webhook_outbox launcher||serving databases',
     'no delivery worker while the database does not exist');
 is(log_problems(0), '', 'no FATAL (or any error) in the log meanwhile');
+like(slurp_file($node->logfile),
+    qr/webhook_outbox serves database "ledger" alone: webhook.database is set\n.*HINT:  webhook.database is deprecated; set webhook.databases instead/,
+    'the launcher says webhook.database is deprecated');
 
 my $offset = -s $node->logfile;
 $node->safe_psql('postgres', 'CREATE DATABASE ledger');
+sleep 7;    # more than a launcher scan: a worker came, found no extension, left
+is(processes(), 'webhook_outbox launcher||serving databases',
+    'CREATE DATABASE: no worker stays connected to a database without the extension');
+
+my $created_at = time;
+ledger('CREATE EXTENSION webhook_outbox');
 ok( $node->poll_query_until(
         'postgres', q{
         SELECT count(*) = 1 FROM pg_stat_activity
-         WHERE backend_type = 'webhook_outbox worker' AND datname = 'ledger'
-           AND application_name = 'webhook_outbox worker'
-           AND query = 'waiting for CREATE EXTENSION webhook_outbox'}),
-    'CREATE DATABASE: the worker starts there and waits for the extension');
-
-ledger('CREATE EXTENSION webhook_outbox');
+         WHERE backend_type = 'webhook_outbox worker' AND datname = 'ledger'}),
+    'CREATE EXTENSION starts the worker');
+cmp_ok(time - $created_at, '<', 3, '... at once, not at the next look at the databases');
 my ($endpoint) = split /\|/, ledger(
     "SELECT id FROM webhook.create_webhook('" . $receiver->url('/ledger') . "')");
 ledger(q{SELECT webhook.emit('account.created', '{"code": "1000"}')});

@@ -42,11 +42,13 @@ foreach my $hold (
     ])
 {
     my ($what, $sql) = @$hold;
+    # Counted before the lock is taken: an attempt made just after it
+    # cannot be recorded while it is held, and the next waits for that.
+    my $failing_before = $receiver->count(qr{^/status/500});
     my $session = $node->background_psql('postgres');
     $session->query_safe("BEGIN; $sql;");
 
     my $before = $receiver->count(qr{^/ok});
-    my $failing_before = $receiver->count(qr{^/status/500});
     $node->safe_psql('postgres',
         "SELECT webhook.emit('account.updated', jsonb_build_object('n', n))
            FROM generate_series(1, 20) AS n");
