@@ -72,6 +72,7 @@ typedef struct LaunchedDatabase
 } LaunchedDatabase;
 
 static LaunchedDatabase *launcher_databases = NULL;
+static TimestampTz launcher_last_rescan = 0;	/* an extension was created */
 static int	launcher_database_count = 0;
 static int	launcher_database_capacity = 0;
 
@@ -305,11 +306,27 @@ launcher_round(bool scan, bool rescan)
 	Oid			without[64];
 	int			count;
 
+	if (rescan)
+		launcher_last_rescan = now;
+
+	/*
+	 * A worker that found no extension: leave its database alone, unless
+	 * an extension was created since that worker started (it may have
+	 * looked just before that commit): then it is started again.
+	 */
 	while ((count = webhook_launcher_take_no_extension(without, lengthof(without))) > 0)
 		for (int i = 0; i < count; i++)
 			for (int j = 0; j < launcher_database_count; j++)
-				if (launcher_databases[j].database == without[i])
-					launcher_databases[j].no_extension_at = now;
+			{
+				LaunchedDatabase *entry = &launcher_databases[j];
+
+				if (entry->database != without[i])
+					continue;
+				if (launcher_last_rescan < entry->started_at)
+					entry->no_extension_at = now;
+				else
+					entry->started_at = 0;	/* it left in good order: at once */
+			}
 	if (scan)
 		launcher_scan_databases();
 

@@ -254,6 +254,21 @@ worker_dispatch_chunk(void *arg)
 	WorkerDispatch *chunk = (WorkerDispatch *) arg;
 
 	chunk->deliveries = queue_dispatch(WORKER_DISPATCH_CHUNK, &chunk->events);
+
+	/*
+	 * Durable before delivered. The events just dispatched are visible, but
+	 * a commit is visible before it is durable: its session may run with
+	 * synchronous_commit = off or local, and a crash or a failover could
+	 * then take back an event already delivered. This transaction's commit
+	 * record comes after theirs in the WAL; committing it synchronously
+	 * (flushed, and confirmed by the synchronous standbys where
+	 * synchronous_standby_names is set) makes theirs durable too, with one
+	 * flush per chunk however many events it took. Until then nothing it
+	 * queued is fetched.
+	 */
+	if (chunk->deliveries > 0)
+		(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
+								 GUC_ACTION_LOCAL, true, 0, false);
 }
 
 /*

@@ -23,13 +23,16 @@ our @EXPORT = qw(new_node start_receiver standard_signature hex_signature
   verify_delivery create_endpoint wait_until_settled);
 
 # Start a node that preloads webhook_outbox, with CREATE EXTENSION done in
-# "postgres" unless no_extension is set.  conf: extra postgresql.conf lines.
+# "postgres" unless no_extension is set.  conf: extra postgresql.conf lines;
+# allows_streaming: ready to have a streaming standby (see
+# PostgreSQL::Test::Cluster).
 sub new_node
 {
     my ($name, %opts) = @_;
     my $node = PostgreSQL::Test::Cluster->new($name);
     # UTF-8 whatever the runner's locale: payloads carry non-ASCII text.
-    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ],
+        allows_streaming => $opts{allows_streaming} // 0);
     $node->append_conf(
         'postgresql.conf', join("\n",
             "shared_preload_libraries = 'webhook_outbox'",
@@ -55,15 +58,17 @@ sub create_endpoint
     return split /\|/, $row;
 }
 
-# Wait until every delivery in $dbname (default "postgres") has been tried
-# and its outcome recorded: none is pending except those parked for a
-# disabled endpoint.  True if that happened within the default timeout.
+# Wait until every event in $dbname (default "postgres") has been
+# dispatched and every delivery tried and its outcome recorded: none is
+# pending except those parked for a disabled endpoint.  True if that
+# happened within the default timeout.
 sub wait_until_settled
 {
     my ($node, $dbname) = @_;
     return $node->poll_query_until($dbname // 'postgres',
         "SELECT count(*) = 0 FROM webhook.deliveries
-          WHERE status = 'pending' AND next_attempt_at < 'infinity'");
+          WHERE status = 'pending' AND next_attempt_at < 'infinity'
+         HAVING (SELECT undispatched_events FROM webhook.queue_status) = 0");
 }
 
 # Start test/receiver.py on a free loopback port; see WebhookTest::Receiver.
