@@ -24,6 +24,9 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "access/xlog.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
 #include "postmaster/bgworker.h"
 #include "utils/timestamp.h"
 
@@ -64,6 +67,16 @@ typedef struct WebhookShared
 	Latch	   *launcher_latch;
 	pg_atomic_uint32 launcher_rescan;	/* an extension was created: look again */
 	WorkerHold	holds[WAKEUP_HOLDS];	/* databases being dropped */
+
+	/*
+	 * Durable before delivered (see webhook_durable_bound): transactions
+	 * that emitted and commit without waiting for what delivery needs
+	 * (synchronous_commit = off, or below remote_flush where synchronous
+	 * standbys are named) count themselves in async_emitters from before
+	 * their commit record until they have published its end here.
+	 */
+	pg_atomic_uint32 async_emitters;
+	pg_atomic_uint64 async_commit_end;
 	int			slot_count;
 	WorkerSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } WebhookShared;
@@ -72,6 +85,7 @@ static WebhookShared *wakeup_shared = NULL;
 static WorkerSlot *wakeup_my_slot = NULL;	/* the worker's own */
 static uint32 wakeup_in_xact = 0;	/* bits to set if this transaction commits */
 static bool wakeup_rescan_in_xact = false;	/* wake the launcher at commit */
+static bool wakeup_async_counted = false;	/* counted in async_emitters */
 static bool wakeup_callback_registered = false;
 
 static void wakeup_shmem_startup(void);
@@ -132,6 +146,8 @@ wakeup_shmem_startup(void)
 		wakeup_shared->launcher_latch = NULL;
 		pg_atomic_init_u32(&wakeup_shared->launcher_rescan, 0);
 		memset(wakeup_shared->holds, 0, sizeof(wakeup_shared->holds));
+		pg_atomic_init_u32(&wakeup_shared->async_emitters, 0);
+		pg_atomic_init_u64(&wakeup_shared->async_commit_end, 0);
 		wakeup_shared->slot_count = max_worker_processes;
 		for (int i = 0; i < wakeup_shared->slot_count; i++)
 		{
@@ -200,13 +216,73 @@ wakeup_launcher(void)
 		SetLatch(latch);
 }
 
+/*
+ * Whether this transaction's commit returns before it is as durable as
+ * delivery requires: flushed to disk, and where synchronous standbys are
+ * named, flushed by them too. (A prepared transaction's COMMIT PREPARED
+ * always waits for both.)
+ */
+static bool
+wakeup_commit_is_weak(void)
+{
+	if (wakeup_shared == NULL)
+		return false;
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		return true;
+	return SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0' &&
+		max_wal_senders > 0 && synchronous_commit < SYNCHRONOUS_COMMIT_REMOTE_FLUSH;
+}
+
+/*
+ * An end of WAL up to which every transaction that emitted and was
+ * committed when this is called (every one a dispatch snapshot taken
+ * before may see) is written: until it is flushed, and confirmed by the
+ * synchronous standbys, nothing dispatched may be sent. A transaction
+ * whose commit waits for that itself needs nothing: it is visible only
+ * once its commit is flushed (and confirmed). One that does not counts
+ * itself before its commit record and publishes the record's end before
+ * it uncounts: while any is counted, the current end of WAL bounds them
+ * all; when none is, the greatest end published does. That never falls,
+ * and once flushed costs nothing more.
+ */
+uint64
+webhook_durable_bound(void)
+{
+	if (wakeup_shared == NULL)
+		return InvalidXLogRecPtr;
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&wakeup_shared->async_emitters) > 0)
+		return GetXLogInsertRecPtr();
+	pg_read_barrier();
+	return pg_atomic_read_u64(&wakeup_shared->async_commit_end);
+}
+
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if ((wakeup_in_xact & WEBHOOK_WAKE_DISPATCH) && wakeup_commit_is_weak())
+			{
+				pg_atomic_fetch_add_u32(&wakeup_shared->async_emitters, 1);
+				wakeup_async_counted = true;
+			}
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wakeup_async_counted)
+			{
+				/* publish the end of our commit record, then uncount */
+				uint64		seen = pg_atomic_read_u64(&wakeup_shared->async_commit_end);
+
+				while (seen < XactLastCommitEnd &&
+					   !pg_atomic_compare_exchange_u64(&wakeup_shared->async_commit_end,
+													   &seen, XactLastCommitEnd))
+					;
+				pg_atomic_fetch_sub_u32(&wakeup_shared->async_emitters, 1);
+				wakeup_async_counted = false;
+			}
 			if (wakeup_in_xact != 0)
 				webhook_wake(wakeup_in_xact);
 			if (wakeup_rescan_in_xact)
@@ -217,6 +293,11 @@ wakeup_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			if (wakeup_async_counted)
+			{
+				pg_atomic_fetch_sub_u32(&wakeup_shared->async_emitters, 1);
+				wakeup_async_counted = false;
+			}
 			wakeup_in_xact = 0;
 			wakeup_rescan_in_xact = false;
 			break;

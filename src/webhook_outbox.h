@@ -61,6 +61,7 @@ extern bool webhook_wake_pending(void);
 extern void webhook_launcher_attach(void);
 extern bool webhook_launcher_consume_rescan(void);
 extern void webhook_rescan_at_commit(void);
+extern uint64 webhook_durable_bound(void);
 extern int	webhook_launcher_take_no_extension(Oid *databases, int max);
 extern void webhook_hold_database(Oid database, TimestampTz until);
 extern bool webhook_database_held(Oid database, TimestampTz now);

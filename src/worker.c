@@ -39,12 +39,14 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/syncrep.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
@@ -255,20 +257,34 @@ worker_dispatch_chunk(void *arg)
 
 	chunk->deliveries = queue_dispatch(WORKER_DISPATCH_CHUNK, &chunk->events);
 
-	/*
-	 * Durable before delivered. The events just dispatched are visible, but
-	 * a commit is visible before it is durable: its session may run with
-	 * synchronous_commit = off or local, and a crash or a failover could
-	 * then take back an event already delivered. This transaction's commit
-	 * record comes after theirs in the WAL; committing it synchronously
-	 * (flushed, and confirmed by the synchronous standbys where
-	 * synchronous_standby_names is set) makes theirs durable too, with one
-	 * flush per chunk however many events it took. Until then nothing it
-	 * queued is fetched.
-	 */
-	if (chunk->deliveries > 0)
-		(void) set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
-								 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * Durable before delivered. Dispatched events are visible, but a commit is
+ * visible before it is durable when its session runs with
+ * synchronous_commit = off (or local, where synchronous standbys are
+ * named): a crash or a failover could take back an event already sent.
+ * Before anything dispatched is fetched, the WAL is flushed, and confirmed
+ * by the synchronous standbys, up to webhook_durable_bound(): nothing to
+ * do unless such a transaction emitted, and then one flush covers every
+ * event dispatched so far.
+ */
+static void
+worker_make_durable(void)
+{
+	XLogRecPtr	bound = (XLogRecPtr) webhook_durable_bound();
+
+	if (XLogRecPtrIsInvalid(bound))
+		return;
+	if (bound > GetFlushRecPtr(NULL))
+		XLogFlush(bound);
+	if (SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0')
+	{
+		/* the wait honours synchronous_commit, which the worker sets off */
+		SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+		SyncRepWaitForLSN(bound, false);
+		SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	}
 }
 
 /*
@@ -1012,6 +1028,8 @@ webhook_worker_main(Datum main_arg)
 			WorkerDispatch chunk = {0};
 
 			dispatched = worker_transaction(worker_dispatch_chunk, &chunk, "dispatch new events");
+			if (dispatched && chunk.deliveries > 0)
+				worker_make_durable();
 			dispatch_more = dispatched && chunk.events >= WORKER_DISPATCH_CHUNK;
 			dispatched = dispatched && chunk.deliveries > 0;
 			last_dispatch = now;
