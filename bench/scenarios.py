@@ -108,7 +108,7 @@ def warm_up(b, endpoints, count=2000):
     b.wait_drained(endpoints, count * len(endpoints), start_requests)
 
 
-def drive(b, rate, seconds, event_type='journal_entry.posted'):
+def drive(b, rate, seconds, event_type='journal_entry.posted', synchronous_commit=None):
     """Emit events one transaction each at a steady rate (open loop, several
     connections so a slow commit does not delay the next), noting the time
     each COMMIT returned; then collect arrival times from the receiver.
@@ -122,6 +122,8 @@ def drive(b, rate, seconds, event_type='journal_entry.posted'):
     def run(k):
         conn = b.pg.connect()
         cur = conn.cursor()
+        if synchronous_commit:
+            cur.execute('SET synchronous_commit = %s', (synchronous_commit,))
         interval = threads / rate
         t_next = start + k / rate
         i = k
@@ -253,6 +255,34 @@ def scenario_latency(b, runs, context):
         rows.append(row('latency', 'p99 commit->arrival at %d/s' % rate, 'ms', '<= 10',
                         p99s, 'lower', 10.0, 'max of each run: %s ms' % ', '.join(
                             '%.1f' % m for m in maxes)))
+    return rows
+
+
+def scenario_latency_async(b, runs, context):
+    """What durable-before-delivered costs: commit -> arrival at 1,000
+    events/s with the emitters on synchronous_commit = on (their commits
+    are durable when they return) and off (the worker flushes the WAL
+    before it sends what it dispatched), alternated in the same run."""
+    endpoint = b.create_endpoint(b.receiver.url())
+    drive(b, 100, 2)                # warm-up
+    seconds = SIZES['LATENCY_SECONDS']
+    results = {'on': ([], []), 'off': ([], [])}
+    for r in range(runs):
+        for mode in ('on', 'off'):
+            latencies, achieved = drive(b, 1000, seconds, synchronous_commit=mode)
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            results[mode][0].append(p50)
+            results[mode][1].append(p99)
+            log('latency_async run %d, synchronous_commit = %s (achieved %.0f/s): '
+                'p50 %.2f ms, p99 %.2f ms' % (r + 1, mode, achieved, p50, p99))
+    b.delete_endpoints()
+    rows = []
+    for mode in ('on', 'off'):
+        p50s, p99s = results[mode]
+        rows.append(row('latency_async', 'p50 at 1000/s, emitters synchronous_commit = %s' % mode,
+                        'ms', 'report', p50s, 'lower', None))
+        rows.append(row('latency_async', 'p99 at 1000/s, emitters synchronous_commit = %s' % mode,
+                        'ms', 'report', p99s, 'lower', None))
     return rows
 
 
@@ -543,8 +573,6 @@ def scenario_ledger(b, runs, context):
     ]
 
 
-# Run order for "all": history last (it leaves 10 million rows behind),
-# memory before it (it is long and needs no baseline).
 def scenario_flaky(b, runs, context):
     """DRAIN_EVENTS deliveries to an endpoint that fails one request in ten
     (nginx /flaky): the rate of its successful share, against the same
@@ -669,17 +697,20 @@ def scenario_ordered(b, runs, context):
                 'median %.2f ms per event' % (1000.0 / median(one)))]
 
 
+# Run order for "all": history last (it leaves 10 million rows behind),
+# memory before it (it is long and needs no baseline).
 SCENARIOS = {
     'ceiling': scenario_ceiling,
     'drain': scenario_drain,
     'fanout': scenario_fanout,
     'latency': scenario_latency,
+    'latency_async': scenario_latency_async,
     'dead_endpoint': scenario_dead_endpoint,
     'ledger': scenario_ledger,
     'held_snapshot': scenario_held_snapshot,
-    'memory': scenario_memory,
-    'history': scenario_history,
     'flaky': scenario_flaky,
     'tenants': scenario_tenants,
     'ordered': scenario_ordered,
+    'memory': scenario_memory,
+    'history': scenario_history,
 }

@@ -156,7 +156,7 @@ CREATE SEQUENCE webhook.order_positions;
 SELECT pg_catalog.pg_extension_config_dump('webhook.order_positions', '');
 -- The waiting deliveries of each sequence, in order, and the one under way.
 CREATE INDEX delivery_log_order_waiting_idx
-    ON webhook.delivery_log (endpoint_id, order_key, order_position)
+    ON webhook.delivery_log (endpoint_id, order_key, order_position, event_id)
     WHERE status = 'pending' AND next_attempt_at IS NULL AND order_key IS NOT NULL;
 CREATE INDEX delivery_log_order_started_idx
     ON webhook.delivery_log (endpoint_id, order_key)
@@ -177,43 +177,51 @@ REVOKE ALL ON FUNCTION webhook.order_key(text, text) FROM PUBLIC;
 -- waiting delivery another transaction holds is left waiting, never
 -- passed over: the worker's next sweep (webhook.start_waiting_sequences)
 -- starts it. Only the worker calls this. Returns how many it started.
+-- A loop of key look-ups per sequence (through the two partial indexes
+-- above), so that its cost follows the sequences given, never the table:
+-- one statement over them all let the planner hash every delivery under
+-- way, or scan the table for the rows to lock (0.9 s a call at 20,000
+-- waiting).
 CREATE FUNCTION webhook.start_order_heads(endpoint_ids uuid[], order_keys text[]) RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    WITH sequences AS (
+AS $$
+DECLARE
+    v_sequence record;
+    v_head     uuid;
+    v_started  bigint := 0;
+BEGIN
+    FOR v_sequence IN
         SELECT DISTINCT s.endpoint_id, s.order_key
-          FROM unnest(start_order_heads.endpoint_ids, start_order_heads.order_keys)
-            AS s(endpoint_id, order_key)
+          FROM unnest(endpoint_ids, order_keys) AS s(endpoint_id, order_key)
          WHERE s.order_key IS NOT NULL
-    ), heads AS (
-        SELECT h.event_id, h.endpoint_id
-          FROM sequences s
-         CROSS JOIN LATERAL (
-                SELECT w.event_id, w.endpoint_id FROM webhook.delivery_log w
-                 WHERE w.endpoint_id = s.endpoint_id AND w.order_key = s.order_key
-                   AND w.status = 'pending' AND w.next_attempt_at IS NULL
-                   AND w.order_key IS NOT NULL
-                 ORDER BY w.order_position, w.event_id
-                 LIMIT 1) h
-         WHERE NOT EXISTS (SELECT 1 FROM webhook.delivery_log a
-                            WHERE a.endpoint_id = s.endpoint_id AND a.order_key = s.order_key
-                              AND a.status = 'pending' AND a.next_attempt_at IS NOT NULL)
-    ), held AS (
-        SELECT d.event_id, d.endpoint_id FROM webhook.delivery_log d
-         WHERE (d.event_id, d.endpoint_id) IN (SELECT h.event_id, h.endpoint_id FROM heads h)
-           AND d.status = 'pending' AND d.next_attempt_at IS NULL
-           FOR NO KEY UPDATE SKIP LOCKED
-    ), started AS (
+    LOOP
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM webhook.delivery_log a
+             WHERE a.endpoint_id = v_sequence.endpoint_id AND a.order_key = v_sequence.order_key
+               AND a.status = 'pending' AND a.next_attempt_at IS NOT NULL);
+        SELECT w.event_id INTO v_head FROM webhook.delivery_log w
+         WHERE w.endpoint_id = v_sequence.endpoint_id AND w.order_key = v_sequence.order_key
+           AND w.status = 'pending' AND w.next_attempt_at IS NULL AND w.order_key IS NOT NULL
+         ORDER BY w.order_position, w.event_id
+         LIMIT 1;
+        CONTINUE WHEN NOT FOUND;
+        -- the head itself, unless another transaction holds it
+        PERFORM FROM webhook.delivery_log d
+          WHERE d.event_id = v_head AND d.endpoint_id = v_sequence.endpoint_id
+            AND d.status = 'pending' AND d.next_attempt_at IS NULL
+            FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         UPDATE webhook.delivery_log d
            SET next_attempt_at = CASE WHEN ep.enabled THEN now() ELSE 'infinity' END
-          FROM held h, webhook.endpoints ep
-         WHERE d.event_id = h.event_id AND d.endpoint_id = h.endpoint_id
-           AND ep.id = h.endpoint_id
-        RETURNING 1
-    )
-    SELECT count(*) FROM started;
-END;
+          FROM webhook.endpoints ep
+         WHERE d.event_id = v_head AND d.endpoint_id = v_sequence.endpoint_id
+           AND ep.id = v_sequence.endpoint_id;
+        v_started := v_started + 1;
+    END LOOP;
+    RETURN v_started;
+END
+$$;
 REVOKE ALL ON FUNCTION webhook.start_order_heads(uuid[], text[]) FROM PUBLIC;
 
 -- Starts every sequence that waits with none of its deliveries under way:
