@@ -274,15 +274,22 @@ worker_make_durable(void)
 {
 	XLogRecPtr	bound = (XLogRecPtr) webhook_durable_bound();
 
-	if (XLogRecPtrIsInvalid(bound))
-		return;
-	if (bound > GetFlushRecPtr(NULL))
+	if (!XLogRecPtrIsInvalid(bound) && bound > GetFlushRecPtr(NULL))
 		XLogFlush(bound);
+
+	/*
+	 * Where synchronous standbys are named, wait until they have flushed
+	 * everything flushed here, not only the commits noted above: a commit
+	 * made visible by crash recovery (the server restarted while its
+	 * session waited for the standby) never waited for them.
+	 */
 	if (SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0')
 	{
+		XLogRecPtr	flushed = GetFlushRecPtr(NULL);
+
 		/* the wait honours synchronous_commit, which the worker sets off */
 		SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
-		SyncRepWaitForLSN(bound, false);
+		SyncRepWaitForLSN(Max(bound, flushed), false);
 		SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	}
 }

@@ -9,6 +9,7 @@ read.  The path chooses the answer, so one receiver serves many endpoints:
   /fail/<n>/<key...>                   500 for the first n requests to the path, then 200
   /fail-each/<n>[/...]                 500 for the first n requests of each webhook-id, then 200
   /fail-type/<event type>[/...]        500 for events of that type (X-Webhook-Event), 200 for others
+  /flaky/<percent>[/...]               500 for that share of requests, at random; else 200
   /retry-after/<s>/<n>/<key...>        429 with Retry-After: <s> for the first n, then 200
                                        (?status=503: 503 instead of 429)
   /hang[/...]                          never answers (until the client leaves, or 600 s)
@@ -23,6 +24,7 @@ Usage: receiver.py [--port N] [--port-file FILE] [--log FILE]
 import collections
 import http.server
 import os
+import random
 import select
 import socket
 import ssl
@@ -64,6 +66,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             elif parts[0] == "fail-each" and len(parts) >= 2:
                 event = self.headers.get("webhook-id", "")
                 failing = self.server.count(self.path + "#" + event) <= int(parts[1])
+                self.answer(500 if failing else 200, b"fail" if failing else b"ok")
+            elif parts[0] == "flaky" and len(parts) >= 2:
+                failing = random.random() * 100 < float(parts[1])
                 self.answer(500 if failing else 200, b"fail" if failing else b"ok")
             elif parts[0] == "fail-type" and len(parts) >= 2:
                 failing = self.headers.get("X-Webhook-Event", "") == parts[1]
