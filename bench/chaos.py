@@ -469,7 +469,9 @@ def main():
         with open(args.results, 'w') as f:
             f.write('## %s: `%s`\n\n' % (time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                                          args.command))
-            f.write('- Machine: %s\n' % machine_description())
+            m = machine_description()
+            f.write('- Machine: %d CPUs (%s), %s RAM, Linux %s\n'
+                    % (m['nproc'], m['cpu'], m['memory'], m['kernel']))
             f.write('- %d s of faults every %.0f s%s; 4 emitting threads at 200 transactions/s '
                     '(70%% committed, 15%% rolled back, 15%% prepared then 70%% committed); '
                     'three endpoints, one failing 20%% of requests at random\n'
