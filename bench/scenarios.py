@@ -18,7 +18,7 @@ import time
 
 import psycopg2
 
-from harness import (HERE, PG_BINDIR, Sampler, log, median, payload, percentile,
+from harness import (HERE, PG_BINDIR, Sampler, free_port, log, median, payload, percentile,
                      process_cpu_seconds, wait_until)
 
 SIZES = {
@@ -283,6 +283,65 @@ def scenario_latency_async(b, runs, context):
                         'ms', 'report', p50s, 'lower', None))
         rows.append(row('latency_async', 'p99 at 1000/s, emitters synchronous_commit = %s' % mode,
                         'ms', 'report', p99s, 'lower', None))
+    return rows
+
+
+def scenario_latency_syncrep(b, runs, context):
+    """What a synchronous standby costs delivery: commit -> arrival at 1,000
+    events/s with synchronous_standby_names naming a streaming standby on
+    this machine, against none, alternated in the same run. Emitters and
+    the worker wait for the standby alike (durable before delivered)."""
+    root = os.path.join(b.root, 'standby')
+    data = os.path.join(root, 'pgdata')
+    os.makedirs(root)
+    subprocess.run([os.path.join(PG_BINDIR, 'pg_basebackup'), '-D', data, '-X', 'stream',
+                    '-h', b.pg.root, '-p', str(b.pg.port), '-U', 'postgres', '--no-sync'],
+                   check=True)
+    with open(os.path.join(data, 'postgresql.conf'), 'a') as f:
+        f.write("port = %d\nunix_socket_directories = '%s'\n"
+                "primary_conninfo = 'host=%s port=%d user=postgres application_name=standby'\n"
+                % (free_port(), root, b.pg.root, b.pg.port))
+    open(os.path.join(data, 'standby.signal'), 'w').close()
+    standby = subprocess.Popen([os.path.join(PG_BINDIR, 'postgres'), '-D', data],
+                               stdout=open(os.path.join(root, 'postgres.log'), 'a'),
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def synchronous(names):
+        b.sql('ALTER SYSTEM SET synchronous_standby_names = %s', (names,))
+        b.sql('SELECT pg_reload_conf()')
+        wait_until(lambda: b.one("SELECT count(*) FROM pg_stat_replication WHERE "
+                                 "application_name = 'standby' AND sync_state = %s",
+                                 ('sync' if names else 'async',)) == 1, 60, 0.2,
+                   'the standby to be %s' % ('synchronous' if names else 'asynchronous'))
+    try:
+        synchronous('')
+        endpoint = b.create_endpoint(b.receiver.url())
+        drive(b, 100, 2)                # warm-up
+        seconds = SIZES['LATENCY_SECONDS']
+        results = {'': ([], []), 'standby': ([], [])}
+        for r in range(runs):
+            for names in ('', 'standby'):
+                synchronous(names)
+                latencies, achieved = drive(b, 1000, seconds)
+                p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+                results[names][0].append(p50)
+                results[names][1].append(p99)
+                log('latency_syncrep run %d, %s (achieved %.0f/s): p50 %.2f ms, p99 %.2f ms'
+                    % (r + 1, 'synchronous standby' if names else 'no synchronous standby',
+                       achieved, p50, p99))
+        b.delete_endpoints()
+    finally:
+        b.sql('ALTER SYSTEM RESET synchronous_standby_names')
+        b.sql('SELECT pg_reload_conf()')
+        standby.terminate()
+        standby.wait(60)
+    rows = []
+    for names in ('', 'standby'):
+        what = 'a synchronous standby' if names else 'no synchronous standby'
+        rows.append(row('latency_syncrep', 'p50 at 1000/s, %s' % what, 'ms', 'report',
+                        results[names][0], 'lower', None))
+        rows.append(row('latency_syncrep', 'p99 at 1000/s, %s' % what, 'ms', 'report',
+                        results[names][1], 'lower', None))
     return rows
 
 
@@ -705,6 +764,7 @@ SCENARIOS = {
     'fanout': scenario_fanout,
     'latency': scenario_latency,
     'latency_async': scenario_latency_async,
+    'latency_syncrep': scenario_latency_syncrep,
     'dead_endpoint': scenario_dead_endpoint,
     'ledger': scenario_ledger,
     'held_snapshot': scenario_held_snapshot,
