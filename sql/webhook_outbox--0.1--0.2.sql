@@ -617,6 +617,8 @@ ALTER TABLE webhook.delivery_log
 --   without one could not take its endpoint's slot anyway;
 -- - the event is joined by one key look-up per row taken, whatever the
 --   planner estimates (0.1 could read the whole event log for 64 rows);
+-- - with webhook.workers > 1, a worker takes the deliveries of the
+--   endpoints it owns (worker_index of worker_count, by a hash of the id);
 -- and it returns what the worker needs besides: the delivery's count of
 -- manual requests, its endpoint's tenant and rate limit, and whether it is
 -- in an ordered sequence (whose next delivery waits for its outcome).
@@ -626,7 +628,9 @@ CREATE FUNCTION webhook.due_deliveries(busy_events uuid[], busy_endpoints uuid[]
                                        after_endpoints uuid[], after_at timestamptz[],
                                        after_events uuid[],
                                        blocked_endpoints uuid[] DEFAULT '{}',
-                                       probe_endpoints uuid[] DEFAULT '{}')
+                                       probe_endpoints uuid[] DEFAULT '{}',
+                                       worker_index integer DEFAULT 0,
+                                       worker_count integer DEFAULT 1)
 RETURNS TABLE (event_id uuid, endpoint_id uuid, attempts integer, manual boolean,
                event_type text, payload text, created_at timestamptz, url text,
                secret text, previous_secret text, headers jsonb,
@@ -683,6 +687,9 @@ BEGIN ATOMIC
                                - coalesce(l.n, 0), 0), max_rows)) d
              WHERE ep.enabled AND (ep.expires_at IS NULL OR ep.expires_at > now())
                AND ep.id <> ALL (blocked_endpoints)
+               -- the endpoints this worker owns (webhook.workers)
+               AND (worker_count = 1 OR
+                    mod(hashtext(ep.id::text)::bigint + 2147483648, worker_count) = worker_index)
              -- A total order: what max_rows leaves out of an endpoint's rows
              -- is always their tail, so the position after the last one
              -- taken skips nothing.
@@ -697,7 +704,7 @@ BEGIN ATOMIC
                          OFFSET 0) e
      ORDER BY q.next_attempt_at, q.event_id, q.endpoint_id;
 END;
-REVOKE ALL ON FUNCTION webhook.due_deliveries(uuid[], uuid[], integer, integer, uuid[], timestamptz[], uuid[], uuid[], uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhook.due_deliveries(uuid[], uuid[], integer, integer, uuid[], timestamptz[], uuid[], uuid[], uuid[], integer, integer) FROM PUBLIC;
 
 -- Parks the pending deliveries of endpoints the worker just disabled. Rows
 -- an operator holds stay due; the worker does not fetch a disabled

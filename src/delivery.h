@@ -103,6 +103,7 @@ extern int	queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_
 						QueuePosition *positions, int position_count,
 						pg_uuid_t *blocked, int blocked_count,
 						pg_uuid_t *probing, int probing_count,
+						int worker_index, int worker_count,
 						Delivery **fetched, MemoryContext context);
 extern int	queue_record(Delivery **done, int count, bool history);
 extern int64 queue_remove_old_history(int batch);

@@ -60,12 +60,17 @@
 
 PGDLLEXPORT void webhook_launcher_main(Datum main_arg);
 
+#define LAUNCHER_MAX_WORKERS 64	/* webhook.workers' maximum */
+
 /* What the launcher knows of a database it served or tried to. */
 typedef struct LaunchedDatabase
 {
 	Oid			database;
 	char		name[NAMEDATALEN];
-	BackgroundWorkerHandle *handle; /* NULL: none started, or it stopped */
+	/* its workers; NULL: none started, or it stopped */
+	BackgroundWorkerHandle *handles[LAUNCHER_MAX_WORKERS];
+	int			workers;		/* the webhook.workers they were started for */
+	bool		draining;		/* asked to leave, for a new webhook.workers */
 	TimestampTz started_at;
 	TimestampTz no_extension_at;	/* 0, or when its worker found none */
 	bool		listed;			/* seen in the latest scan */
@@ -267,7 +272,7 @@ launcher_scan_databases(void)
  * Start the delivery worker for a database; NULL if no slot was free.
  */
 static BackgroundWorkerHandle *
-launcher_start_worker(LaunchedDatabase *entry)
+launcher_start_worker(LaunchedDatabase *entry, int index, int count)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -278,9 +283,14 @@ launcher_start_worker(LaunchedDatabase *entry)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;	/* the launcher restarts it */
 	worker.bgw_main_arg = ObjectIdGetDatum(entry->database);
 	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_extra, BGW_EXTRALEN, "%d %d", index, count);
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "webhook_outbox");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "webhook_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "webhook_outbox worker for \"%s\"", entry->name);
+	if (count > 1)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "webhook_outbox worker %d of %d for \"%s\"",
+				 index + 1, count, entry->name);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "webhook_outbox worker for \"%s\"", entry->name);
 	snprintf(worker.bgw_type, BGW_MAXLEN, "webhook_outbox worker");
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
@@ -333,23 +343,50 @@ launcher_round(bool scan, bool rescan)
 	for (int i = 0; i < launcher_database_count; i++)
 	{
 		LaunchedDatabase *entry = &launcher_databases[i];
-		pid_t		pid;
+		int			wanted = Min(webhook_workers, LAUNCHER_MAX_WORKERS);
+		int			running = 0;
 		long		since_ms;
 
-		if (entry->handle != NULL &&
-			GetBackgroundWorkerPid(entry->handle, &pid) == BGWH_STOPPED)
+		for (int w = 0; w < LAUNCHER_MAX_WORKERS; w++)
 		{
-			pfree(entry->handle);
-			entry->handle = NULL;
+			pid_t		pid;
+
+			if (entry->handles[w] != NULL &&
+				GetBackgroundWorkerPid(entry->handles[w], &pid) == BGWH_STOPPED)
+			{
+				pfree(entry->handles[w]);
+				entry->handles[w] = NULL;
+			}
+			if (entry->handles[w] != NULL)
+				running++;
 		}
 		if (!entry->listed)
 		{
-			/* no longer served (or gone): stop its worker */
-			if (entry->handle != NULL)
-				TerminateBackgroundWorker(entry->handle);
+			/* no longer served (or gone): stop its workers */
+			for (int w = 0; w < LAUNCHER_MAX_WORKERS; w++)
+				if (entry->handles[w] != NULL)
+					TerminateBackgroundWorker(entry->handles[w]);
 			continue;
 		}
-		if (entry->handle != NULL)
+
+		/*
+		 * webhook.workers changed: the workers finish what they have and
+		 * leave, and only then does the new set start, so that no endpoint
+		 * is ever served by two workers at once.
+		 */
+		if (running > 0 && entry->workers != wanted && !entry->draining)
+		{
+			webhook_drain_database(entry->database);
+			entry->draining = true;
+		}
+		if (entry->draining)
+		{
+			if (running > 0)
+				continue;
+			entry->draining = false;
+			entry->started_at = 0;
+		}
+		if (running == wanted)
 			continue;
 		if (rescan)
 			entry->no_extension_at = 0;
@@ -362,15 +399,20 @@ launcher_round(bool scan, bool rescan)
 			wait_ms = Min(wait_ms, LAUNCHER_RELAUNCH_DELAY_MS - since_ms);
 			continue;
 		}
-		/*
-		 * A worker may still serve the database without a handle of ours:
-		 * one a previous launcher started before it died. Start none beside
-		 * it; nor while the database is being dropped.
-		 */
-		if (!webhook_test_launch_workers || webhook_worker_pid(entry->database) != 0 ||
-			webhook_database_held(entry->database, now))
+		if (!webhook_test_launch_workers || webhook_database_held(entry->database, now))
 			continue;
-		entry->handle = launcher_start_worker(entry);
+		for (int w = 0; w < wanted; w++)
+		{
+			/*
+			 * A worker may still serve the database without a handle of
+			 * ours: one a previous launcher started before it died. Start
+			 * none beside it.
+			 */
+			if (entry->handles[w] != NULL || webhook_worker_pid(entry->database, w) != 0)
+				continue;
+			entry->handles[w] = launcher_start_worker(entry, w, wanted);
+		}
+		entry->workers = wanted;
 		entry->started_at = now;
 		entry->no_extension_at = 0;
 	}
@@ -423,8 +465,9 @@ webhook_launcher_main(Datum main_arg)
 		ResetLatch(MyLatch);
 	}
 	for (int i = 0; i < launcher_database_count; i++)
-		if (launcher_databases[i].handle != NULL)
-			TerminateBackgroundWorker(launcher_databases[i].handle);
+		for (int w = 0; w < LAUNCHER_MAX_WORKERS; w++)
+			if (launcher_databases[i].handles[w] != NULL)
+				TerminateBackgroundWorker(launcher_databases[i].handles[w]);
 	proc_exit(1);
 }
 
@@ -445,13 +488,10 @@ launcher_release_database(const char *name)
 		return;
 	webhook_hold_database(database, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 																 LAUNCHER_DROP_WAIT_MS * 2));
-	pid = webhook_worker_pid(database);
-	if (pid == 0)
-		return;
-	(void) kill(pid, SIGTERM);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LAUNCHER_DROP_WAIT_MS);
-	while (webhook_worker_pid(database) != 0 && GetCurrentTimestamp() < deadline)
+	while ((pid = webhook_worker_pid(database, -1)) != 0 && GetCurrentTimestamp() < deadline)
 	{
+		(void) kill(pid, SIGTERM);	/* each of its workers, in turn */
 		CHECK_FOR_INTERRUPTS();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 10, PG_WAIT_EXTENSION);

@@ -204,11 +204,13 @@ queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 			QueuePosition *positions, int position_count,
 			pg_uuid_t *blocked, int blocked_count,
 			pg_uuid_t *probing, int probing_count,
+			int worker_index, int worker_count,
 			Delivery **fetched, MemoryContext context)
 {
-	Oid			types[9] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
-		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID};
-	Datum		values[9];
+	Oid			types[11] = {UUIDARRAYOID, UUIDARRAYOID, INT4OID, INT4OID,
+		UUIDARRAYOID, TIMESTAMPTZARRAYOID, UUIDARRAYOID, UUIDARRAYOID, UUIDARRAYOID,
+	INT4OID, INT4OID};
+	Datum		values[11];
 	pg_uuid_t  *busy_events = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
 	pg_uuid_t  *busy_endpoints = palloc(sizeof(pg_uuid_t) * Max(busy_count, 1));
 	pg_uuid_t  *after_endpoints = palloc(sizeof(pg_uuid_t) * Max(position_count, 1));
@@ -238,12 +240,14 @@ queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_count,
 	values[6] = queue_uuid_array(after_events, position_count);
 	values[7] = queue_uuid_array(blocked, blocked_count);
 	values[8] = queue_uuid_array(probing, probing_count);
+	values[9] = Int32GetDatum(worker_index);
+	values[10] = Int32GetDatum(worker_count);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	queue_execute(&fetch_plan,
-				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-				  9, types, values, NULL, SPI_OK_SELECT);
+				  "SELECT * FROM webhook.due_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+				  11, types, values, NULL, SPI_OK_SELECT);
 
 	count = (int) Min(SPI_processed, (uint64) limit);
 	for (int i = 0; i < count; i++)

@@ -39,11 +39,13 @@
 typedef struct WorkerSlot
 {
 	Oid			database;
+	int			index;			/* which of the database's webhook.workers */
 	pid_t		pid;
 	Latch	   *latch;			/* NULL until the worker listens */
 	pg_atomic_uint32 wake_pending;	/* WEBHOOK_WAKE_* bits: set by committers,
 									 * cleared by the worker */
 	bool		no_extension;	/* it left: the extension is not installed */
+	bool		drain;			/* asked to finish what it has, and leave */
 } WorkerSlot;
 
 /* A database whose worker is not to be started again until a time. */
@@ -154,50 +156,70 @@ wakeup_shmem_startup(void)
 			WorkerSlot *slot = &wakeup_shared->slots[i];
 
 			slot->database = InvalidOid;
+			slot->index = 0;
 			slot->pid = 0;
 			slot->latch = NULL;
 			pg_atomic_init_u32(&slot->wake_pending, 0);
 			slot->no_extension = false;
+			slot->drain = false;
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * The slot of the worker serving database, or NULL. Read without the lock:
- * a committer that misses a worker just starting is covered by the
- * worker's first pass, which takes everything committed before it.
+ * Set reasons in the wake-up of each worker serving database, and its latch
+ * unless they were set already. Slots are read without the lock: a
+ * committer that misses a worker just starting is covered by the worker's
+ * first pass, which takes everything committed before it.
  */
-static WorkerSlot *
-wakeup_slot_of(Oid database)
+static void
+wakeup_database(Oid database, uint32 reasons, bool but_me)
 {
 	if (wakeup_shared == NULL)
-		return NULL;
+		return;
 	for (int i = 0; i < wakeup_shared->slot_count; i++)
 	{
 		WorkerSlot *slot = &wakeup_shared->slots[i];
+		Latch	   *latch;
 
-		if (slot->database == database && slot->pid != 0)
-			return slot;
+		uint32		bits = reasons;
+
+		if (slot->database != database || slot->pid == 0 || (but_me && slot == wakeup_my_slot))
+			continue;
+		/*
+		 * A commit that emitted wakes the dispatching worker (the first);
+		 * it wakes the others once it has dispatched (but_me).
+		 */
+		if (!but_me && slot->index != 0)
+			bits &= ~WEBHOOK_WAKE_DISPATCH;
+		if (bits == 0)
+			continue;
+		if ((pg_atomic_read_u32(&slot->wake_pending) & bits) == bits)
+			continue;
+		if ((pg_atomic_fetch_or_u32(&slot->wake_pending, bits) & bits) == bits)
+			continue;
+		latch = slot->latch;
+		if (latch != NULL)
+			SetLatch(latch);
 	}
-	return NULL;
 }
 
 static void
 webhook_wake(uint32 reasons)
 {
-	WorkerSlot *slot = wakeup_slot_of(MyDatabaseId);
-	Latch	   *latch;
+	wakeup_database(MyDatabaseId, reasons, false);
+}
 
-	if (slot == NULL)
-		return;
-	if ((pg_atomic_read_u32(&slot->wake_pending) & reasons) == reasons)
-		return;
-	if ((pg_atomic_fetch_or_u32(&slot->wake_pending, reasons) & reasons) == reasons)
-		return;
-	latch = slot->latch;
-	if (latch != NULL)
-		SetLatch(latch);
+/*
+ * Wake the other workers of this worker's database (after a dispatch: the
+ * new deliveries of their endpoints are theirs to fetch).
+ */
+void
+webhook_wake_siblings(uint32 reasons)
+{
+	if (wakeup_my_slot != NULL)
+		wakeup_database(wakeup_my_slot->database, reasons, true);
 }
 
 /*
@@ -332,10 +354,11 @@ wakeup_alive(pid_t pid)
 }
 
 /*
- * The pid of the live delivery worker serving database, or 0.
+ * The pid of the live delivery worker serving database as its worker
+ * number index (any of them when index < 0), or 0.
  */
 pid_t
-webhook_worker_pid(Oid database)
+webhook_worker_pid(Oid database, int index)
 {
 	pid_t		pid = 0;
 
@@ -343,10 +366,42 @@ webhook_worker_pid(Oid database)
 		return 0;
 	SpinLockAcquire(&wakeup_shared->lock);
 	for (int i = 0; i < wakeup_shared->slot_count; i++)
-		if (wakeup_shared->slots[i].database == database && wakeup_shared->slots[i].pid != 0)
+		if (wakeup_shared->slots[i].database == database && wakeup_shared->slots[i].pid != 0 &&
+			(index < 0 || wakeup_shared->slots[i].index == index) &&
+			(pid == 0 || !wakeup_alive(pid)))
 			pid = wakeup_shared->slots[i].pid;
 	SpinLockRelease(&wakeup_shared->lock);
 	return wakeup_alive(pid) ? pid : 0;
+}
+
+/*
+ * Ask every worker of database to finish what it has in flight, record it
+ * and leave (webhook.workers changed: no two workers may ever own one
+ * endpoint at once).
+ */
+void
+webhook_drain_database(Oid database)
+{
+	if (wakeup_shared == NULL)
+		return;
+	SpinLockAcquire(&wakeup_shared->lock);
+	for (int i = 0; i < wakeup_shared->slot_count; i++)
+		if (wakeup_shared->slots[i].database == database && wakeup_shared->slots[i].pid != 0)
+		{
+			wakeup_shared->slots[i].drain = true;
+			if (wakeup_shared->slots[i].latch != NULL)
+				SetLatch(wakeup_shared->slots[i].latch);
+		}
+	SpinLockRelease(&wakeup_shared->lock);
+}
+
+/*
+ * Whether this worker is asked to drain and leave.
+ */
+bool
+webhook_drain_requested(void)
+{
+	return wakeup_my_slot != NULL && wakeup_my_slot->drain;
 }
 
 /*
@@ -376,7 +431,7 @@ wakeup_clear_if_gone(int index, pid_t pid)
  * worker serves it, or no slot is free.
  */
 bool
-webhook_worker_claim(Oid database)
+webhook_worker_claim(Oid database, int index)
 {
 	if (wakeup_shared == NULL)
 		return true;
@@ -392,7 +447,7 @@ webhook_worker_claim(Oid database)
 		{
 			WorkerSlot *slot = &wakeup_shared->slots[i];
 
-			if (slot->pid != 0 && slot->database == database)
+			if (slot->pid != 0 && slot->database == database && slot->index == index)
 				holder = i;
 			/* a free slot, preferably not one that carries a report */
 			else if (slot->pid == 0 &&
@@ -407,9 +462,11 @@ webhook_worker_claim(Oid database)
 			WorkerSlot *slot = &wakeup_shared->slots[free_slot];
 
 			slot->database = database;
+			slot->index = index;
 			slot->pid = MyProcPid;
 			slot->latch = NULL;
 			slot->no_extension = false;
+			slot->drain = false;
 			wakeup_my_slot = slot;
 		}
 		SpinLockRelease(&wakeup_shared->lock);

@@ -19,6 +19,7 @@ PG_MODULE_MAGIC;
 
 char	   *webhook_database = NULL;
 char	   *webhook_databases = NULL;
+int			webhook_workers = 1;
 bool		webhook_test_launch_workers = true;
 char	   *webhook_tenant = NULL;
 int			webhook_concurrency = 64;
@@ -190,6 +191,11 @@ _PG_init(void)
 							   "'*' means every database with the extension installed; else a comma-separated list of names.",
 							   &webhook_databases, "*",
 							   PGC_SIGHUP, GUC_LIST_INPUT, webhook_check_databases, NULL, NULL);
+	DefineCustomIntVariable("webhook.workers",
+							"Delivery workers per database, sharing its endpoints.",
+							"Each endpoint is delivered by one of them; a change drains the database's workers and starts the new number.",
+							&webhook_workers, 1, 1, 64,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("webhook.database",
 							   "Deprecated (0.1): when set, the one database served; webhook.databases is then ignored.",
 							   NULL, &webhook_database, "",

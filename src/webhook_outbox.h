@@ -23,6 +23,7 @@
 /* Parameters (webhook_outbox.c) */
 extern char *webhook_database;
 extern char *webhook_databases;
+extern int	webhook_workers;
 extern bool webhook_test_launch_workers;
 extern char *webhook_tenant;
 extern int	webhook_concurrency;
@@ -53,8 +54,11 @@ extern int	webhook_retry_count;
 extern void webhook_shmem_request(void);
 extern void webhook_wake_at_commit(uint32 reasons);
 extern void webhook_worker_attach(void);
-extern bool webhook_worker_claim(Oid database);
-extern pid_t webhook_worker_pid(Oid database);
+extern bool webhook_worker_claim(Oid database, int index);
+extern pid_t webhook_worker_pid(Oid database, int index);
+extern void webhook_wake_siblings(uint32 reasons);
+extern void webhook_drain_database(Oid database);
+extern bool webhook_drain_requested(void);
 extern void webhook_worker_detach(bool no_extension);
 extern uint32 webhook_consume_wake(void);
 extern bool webhook_wake_pending(void);

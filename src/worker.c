@@ -103,6 +103,8 @@
 
 /* The delivery worker's state */
 static bool worker_no_extension = false;	/* leaving: no extension here */
+static int	worker_index = 0;	/* which of its database's webhook.workers */
+static int	worker_count = 1;	/* ... of how many */
 static MemoryContext worker_context = NULL;
 static Delivery **worker_in_flight = NULL;
 static int	worker_in_flight_count = 0;
@@ -155,6 +157,7 @@ static int	worker_quarantine_capacity = 0;
 
 static void worker_reserve(int n);
 static void worker_report_activity(bool ready);
+static void worker_drain_and_exit(bool ready);
 static long worker_record_delay_ms(void);
 
 /*
@@ -342,8 +345,9 @@ worker_pass(void *arg)
 		queue_record(worker_done, worker_done_count, true);
 	if (pass->expire)
 		queue_disable_expired_endpoints();
-	if (pass->sequences)
-		queue_start_waiting_sequences();
+	/* deliveries it started may be other workers' to send */
+	if (pass->sequences && queue_start_waiting_sequences() > 0 && worker_count > 1)
+		webhook_wake_at_commit(WEBHOOK_WAKE_DISPATCH);
 	if (pass->fetch && pass->fetch_limit > 0)
 	{
 		/*
@@ -387,6 +391,7 @@ worker_pass(void *arg)
 										  webhook_per_endpoint_concurrency * WORKER_PREFETCH,
 										  busy, busy_count, worker_positions, worker_position_count,
 										  blocked, blocked_count, probing, probing_count,
+										  worker_index, worker_count,
 										  pass->fetched, worker_context);
 	}
 }
@@ -864,12 +869,48 @@ worker_apply_retention(void)
 }
 
 /*
+ * webhook.workers changed: finish the requests in flight (within the
+ * request timeout), record them and leave, so that the new set of workers
+ * never shares an endpoint with this one. What was fetched but not started
+ * stays pending for them.
+ */
+static void
+worker_drain_and_exit(bool ready)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   webhook_timeout_ms + 1000);
+
+	pgstat_report_activity(STATE_RUNNING, "draining: webhook.workers changed");
+	for (int i = 0; i < worker_ready_count; i++)
+		queue_free_delivery(worker_ready[i]);
+	worker_ready_count = 0;
+	while (worker_in_flight_count > 0 && !ShutdownRequestPending &&
+		   GetCurrentTimestamp() < deadline)
+	{
+		CHECK_FOR_INTERRUPTS();
+		worker_collect_completed();
+		if (worker_in_flight_count > 0)
+			(void) http_wait(100, PG_WAIT_EXTENSION);
+	}
+	worker_collect_completed();
+	if (ready && worker_done_count > 0)
+	{
+		WorkerPass	pass;
+
+		memset(&pass, 0, sizeof(pass));
+		(void) worker_transaction(worker_pass, &pass, "record delivery outcomes");
+	}
+	proc_exit(0);
+}
+
+/*
  * The delivery worker's main loop.
  */
 void
 webhook_worker_main(Datum main_arg)
 {
 	Oid			database = DatumGetObjectId(main_arg);
+	bool		dispatcher;		/* the worker that dispatches, expires, cleans */
 	TimestampTz last_poll = 0;
 	TimestampTz last_dispatch = 0;
 	TimestampTz last_retention = 0;
@@ -883,6 +924,13 @@ webhook_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	if (sscanf(MyBgworkerEntry->bgw_extra, "%d %d", &worker_index, &worker_count) != 2 ||
+		worker_count < 1 || worker_index < 0 || worker_index >= worker_count)
+	{
+		worker_index = 0;
+		worker_count = 1;
+	}
+	dispatcher = worker_index == 0;
 
 	/*
 	 * The worker's own commits need not wait for the WAL flush: losing its
@@ -935,11 +983,11 @@ webhook_worker_main(Datum main_arg)
 
 	scheduler_init();
 	before_shmem_exit(worker_on_exit, (Datum) 0);
-	if (!webhook_worker_claim(database))
+	if (!webhook_worker_claim(database, worker_index))
 	{
 		ereport(LOG,
-				(errmsg("webhook_outbox worker for the database of OID %u exits: another worker serves it",
-						database)));
+				(errmsg("webhook_outbox worker %d for the database of OID %u exits: another worker serves it",
+						worker_index + 1, database)));
 		proc_exit(0);
 	}
 	http_init();
@@ -971,6 +1019,8 @@ webhook_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			http_apply_settings();
 		}
+		if (webhook_drain_requested())
+			worker_drain_and_exit(ready);
 
 		released = worker_collect_completed();
 		now = GetCurrentTimestamp();
@@ -1029,8 +1079,11 @@ webhook_worker_main(Datum main_arg)
 			}
 		}
 
-		/* Dispatch a chunk of newly committed events. */
-		if (ready && (poll_due || (wake & WEBHOOK_WAKE_DISPATCH) || dispatch_more))
+		/*
+		 * Dispatch a chunk of newly committed events (the first worker of
+		 * the database; the others are woken when it has, to fetch).
+		 */
+		if (dispatcher && ready && (poll_due || (wake & WEBHOOK_WAKE_DISPATCH) || dispatch_more))
 		{
 			WorkerDispatch chunk = {0};
 
@@ -1039,8 +1092,12 @@ webhook_worker_main(Datum main_arg)
 				worker_make_durable();
 			dispatch_more = dispatched && chunk.events >= WORKER_DISPATCH_CHUNK;
 			dispatched = dispatched && chunk.deliveries > 0;
+			if (dispatched && worker_count > 1)
+				webhook_wake_siblings(WEBHOOK_WAKE_DISPATCH);
 			last_dispatch = now;
 		}
+		else if (!dispatcher && (wake & WEBHOOK_WAKE_DISPATCH))
+			dispatched = true;	/* new deliveries, perhaps of our endpoints */
 
 		/*
 		 * Record and fetch when there are new deliveries, outcomes due to be
@@ -1056,8 +1113,8 @@ webhook_worker_main(Datum main_arg)
 					  ((wake & WEBHOOK_WAKE_DISPATCH) && worker_done_count > 0)))
 		{
 			pass.fetch = fetch;
-			pass.expire = poll_due;
-			pass.sequences = poll_due || (wake & WEBHOOK_WAKE_RESCAN);
+			pass.expire = dispatcher && poll_due;
+			pass.sequences = dispatcher && (poll_due || (wake & WEBHOOK_WAKE_RESCAN));
 			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
 								   worker_ready_count);
 			pass.fetched = MemoryContextAllocZero(worker_context,
@@ -1100,7 +1157,7 @@ webhook_worker_main(Datum main_arg)
 		if (pass.fetched != NULL)
 			pfree(pass.fetched);
 
-		if (ready && !retention_pending &&
+		if (dispatcher && ready && !retention_pending &&
 			TimestampDifferenceExceeds(last_retention, now, WORKER_RETENTION_INTERVAL_MS))
 			retention_pending = true;
 		if (retention_pending &&
