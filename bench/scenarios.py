@@ -345,6 +345,56 @@ def scenario_latency_syncrep(b, runs, context):
     return rows
 
 
+def scenario_workers(b, runs, context):
+    """The fan-out (FANOUT_EVENTS events to FANOUT_ENDPOINTS endpoints, timed
+    from commit) with webhook.workers = 1, 2 and 4, alternated in the same
+    run; and the worker processes' CPU per delivery."""
+    n, k = SIZES['FANOUT_EVENTS'], SIZES['FANOUT_ENDPOINTS']
+    endpoints = [b.create_endpoint(b.nginx.url(i % len(b.nginx.ports))) for i in range(k)]
+
+    def set_workers(count):
+        b.sql('ALTER SYSTEM SET webhook.workers = %s', (count,))
+        b.sql('SELECT pg_reload_conf()')
+        wait_until(lambda: b.one("SELECT count(*) FROM pg_stat_activity WHERE "
+                                 "backend_type = 'webhook_outbox worker' AND datname = 'bench'")
+                   == count, 60, 0.1, '%d workers' % count)
+        time.sleep(0.5)
+
+    def worker_cpu():
+        pids = [r[0] for r in b.sql("SELECT pid FROM pg_stat_activity "
+                                    "WHERE backend_type = 'webhook_outbox worker'")]
+        return sum(process_cpu_seconds(p) for p in pids)
+
+    results = {1: [], 2: [], 4: []}
+    cpu = {1: [], 2: [], 4: []}
+    try:
+        for count in (1, 2, 4):
+            set_workers(count)
+            warm_up(b, endpoints, 200)
+        for r in range(runs):
+            for count in (1, 2, 4):
+                set_workers(count)
+                b.vacuum()
+                start_requests = b.nginx.requests()
+                before = worker_cpu()
+                since = b.emit(n)
+                t0 = time.time()
+                results[count].append(b.timed_drain(endpoints, n * k, t0, since, start_requests))
+                cpu[count].append(1e6 * (worker_cpu() - before) / (n * k))
+                log('workers run %d, %d worker(s): %.0f deliveries/s, %.0f us of worker CPU each'
+                    % (r + 1, count, results[count][-1], cpu[count][-1]))
+    finally:
+        b.sql('ALTER SYSTEM RESET webhook.workers')
+        b.sql('SELECT pg_reload_conf()')
+    b.delete_endpoints()
+    rows = []
+    for count in (1, 2, 4):
+        rows.append(row('workers', '%d events x %d endpoints, webhook.workers = %d' % (n, k, count),
+                        'deliveries/s', '>= 25000 (best setting)', results[count], 'higher', None,
+                        'worker CPU per delivery: %s us' % ', '.join('%.0f' % c for c in cpu[count])))
+    return rows
+
+
 def scenario_dead_endpoint(b, runs, context):
     """A healthy endpoint's latency at 100 events/s, alone, then while
     another endpoint accepts connections and never answers with DEAD_EVENTS
@@ -770,6 +820,7 @@ SCENARIOS = {
     'held_snapshot': scenario_held_snapshot,
     'flaky': scenario_flaky,
     'tenants': scenario_tenants,
+    'workers': scenario_workers,
     'ordered': scenario_ordered,
     'memory': scenario_memory,
     'history': scenario_history,
