@@ -68,6 +68,9 @@ typedef struct EndpointState
 	/* Retry-After */
 	TimestampTz hold_until;
 
+	/* when a delivery last waited for the rate limit */
+	TimestampTz limited_at;
+
 	/* the rate limit: requests started per slot, slots[i] for slot base + i */
 	int64		slot_base;
 	int			slots[SCHEDULER_RATE_SLOTS];
@@ -283,6 +286,7 @@ scheduler_may_start(const Delivery *d, TimestampTz now, SchedulerReason *reason)
 	{
 		/* The next slot may let it go. */
 		scheduler_wake_at((now / SCHEDULER_RATE_SLOT_US + 1) * SCHEDULER_RATE_SLOT_US);
+		state->limited_at = now;
 		*reason = SCHEDULER_RATE_LIMIT;
 		return false;
 	}
@@ -416,10 +420,14 @@ scheduler_fetch_limits(TimestampTz now, pg_uuid_t *blocked, int *blocked_count,
  * How many endpoints wait, by reason (for the worker's activity line).
  */
 void
-scheduler_count_waiting(TimestampTz now, int *open, int *held)
+scheduler_count_waiting(TimestampTz now, int *open, int *held, int *limited)
 {
+	HASH_SEQ_STATUS status;
+	EndpointState *state;
+
 	*open = 0;
 	*held = 0;
+	*limited = 0;
 	for (int i = 0; i < scheduler_waiting_count; i++)
 	{
 		if (now < scheduler_waiting[i]->hold_until)
@@ -427,6 +435,11 @@ scheduler_count_waiting(TimestampTz now, int *open, int *held)
 		else if (scheduler_waiting[i]->open)
 			(*open)++;
 	}
+	/* those that made a delivery wait within the last second */
+	hash_seq_init(&status, scheduler_endpoints);
+	while ((state = (EndpointState *) hash_seq_search(&status)) != NULL)
+		if (state->limited_at != 0 && now - state->limited_at < USECS_PER_SEC)
+			(*limited)++;
 }
 
 /*

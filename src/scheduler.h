@@ -31,6 +31,6 @@ extern double scheduler_jitter(void);
 extern int	scheduler_waiting_endpoints(void);
 extern void scheduler_fetch_limits(TimestampTz now, pg_uuid_t *blocked, int *blocked_count,
 								   pg_uuid_t *probing, int *probing_count);
-extern void scheduler_count_waiting(TimestampTz now, int *open, int *held);
+extern void scheduler_count_waiting(TimestampTz now, int *open, int *held, int *limited);
 
 #endif							/* WEBHOOK_SCHEDULER_H */

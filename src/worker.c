@@ -825,7 +825,7 @@ worker_on_exit(int code, Datum arg)
 static void
 worker_report_activity(bool ready)
 {
-	char		activity[128];
+	char		activity[160];
 
 	if (!ready)
 		snprintf(activity, sizeof(activity),
@@ -834,15 +834,16 @@ worker_report_activity(bool ready)
 	{
 		int			open;
 		int			held;
+		int			limited;
 
-		scheduler_count_waiting(GetCurrentTimestamp(), &open, &held);
-		if (open + held == 0)
+		scheduler_count_waiting(GetCurrentTimestamp(), &open, &held, &limited);
+		if (open + held + limited == 0)
 			snprintf(activity, sizeof(activity), "delivering: %d in flight",
 					 worker_in_flight_count);
 		else
 			snprintf(activity, sizeof(activity),
-					 "delivering: %d in flight; %d endpoint(s) failing (breaker open), %d held by Retry-After",
-					 worker_in_flight_count, open, held);
+					 "delivering: %d in flight; %d endpoint(s) failing (breaker open), %d held by Retry-After, %d at their rate limit",
+					 worker_in_flight_count, open, held, limited);
 	}
 	pgstat_report_activity(worker_in_flight_count > 0 ? STATE_RUNNING : STATE_IDLE, activity);
 }

@@ -98,7 +98,7 @@ cmp_ok($outage_attempts, '<=', 20 + 3,
 like(
     $node->safe_psql('postgres',
         "SELECT query FROM pg_stat_activity WHERE backend_type = 'webhook_outbox worker'"),
-    qr/1 endpoint\(s\) failing \(breaker open\)/,
+    qr/1 endpoint\(s\) failing \(breaker open\), 0 held by Retry-After, 0 at their rate limit/,
     'the worker says an endpoint is failing');
 
 # It comes back: served at once.
@@ -137,6 +137,10 @@ my ($limited) = create_endpoint($node, $receiver->url('/limited'),
     event_types => "ARRAY['period.reopened']", rate_limit => 5);
 $node->safe_psql('postgres',
     "SELECT webhook.emit('period.reopened', jsonb_build_object('n', n)) FROM generate_series(1, 30) AS n");
+ok( $node->poll_query_until('postgres',
+        q{SELECT query LIKE '%1 at their rate limit' FROM pg_stat_activity
+           WHERE backend_type = 'webhook_outbox worker'}),
+    'the worker says an endpoint waits for its rate limit');
 ok($receiver->wait_for_count(30, qr{^/limited}, 30), 'all 30 rate-limited deliveries arrived');
 my @arrivals = sort { $a <=> $b } map { $_->{received_at} } $receiver->requests(qr{^/limited});
 my $crowded = grep { $arrivals[ $_ + 5 ] - $arrivals[$_] < 1.0 } 0 .. $#arrivals - 5;
