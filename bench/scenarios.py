@@ -395,6 +395,39 @@ def scenario_workers(b, runs, context):
     return rows
 
 
+def scenario_idle_endpoints(b, runs, context):
+    """A drain of DRAIN_EVENTS / 5 events to one endpoint, timed from commit,
+    with 10,000 other endpoints enabled but idle (subscribed to an event
+    type never emitted), against the same drain with them disabled,
+    alternated in the same run: what idle endpoints cost the fetch."""
+    n = SIZES['DRAIN_EVENTS'] // 5
+    active = b.create_endpoint(b.nginx.url(0))
+    b.sql("SELECT count(*) FROM generate_series(1, 10000) AS i "
+          "CROSS JOIN LATERAL webhook.create_webhook(%s, ARRAY['period.reopened']) w",
+          (b.nginx.url(1),))
+    warm_up(b, [active], 2000)
+    results = {False: [], True: []}
+    for r in range(runs):
+        for idle_enabled in (False, True):
+            b.sql("UPDATE webhook.endpoints SET enabled = %s WHERE id <> %s",
+                  (idle_enabled, active))
+            b.vacuum()
+            start_requests = b.nginx.requests()
+            since = b.emit(n)
+            t0 = time.time()
+            results[idle_enabled].append(b.timed_drain([active], n, t0, since, start_requests))
+            log('idle_endpoints run %d, 10,000 idle endpoints %s: %.0f deliveries/s'
+                % (r + 1, 'enabled' if idle_enabled else 'disabled', results[idle_enabled][-1]))
+    b.delete_endpoints()
+    return [row('idle_endpoints', 'drain of %d to one endpoint, 10,000 others disabled' % n,
+                'deliveries/s', 'baseline', results[False], 'higher', None),
+            row('idle_endpoints', 'drain of %d to one endpoint, 10,000 others enabled, idle' % n,
+                'deliveries/s', 'like the baseline', results[True], 'higher',
+                0.9 * median(results[False]),
+                'ratio per run: %s' % ', '.join('%.2f' % (a / b_) for a, b_ in
+                                                 zip(results[True], results[False])))]
+
+
 def scenario_dead_endpoint(b, runs, context):
     """A healthy endpoint's latency at 100 events/s, alone, then while
     another endpoint accepts connections and never answers with DEAD_EVENTS
@@ -821,6 +854,7 @@ SCENARIOS = {
     'flaky': scenario_flaky,
     'tenants': scenario_tenants,
     'workers': scenario_workers,
+    'idle_endpoints': scenario_idle_endpoints,
     'ordered': scenario_ordered,
     'memory': scenario_memory,
     'history': scenario_history,
