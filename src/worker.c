@@ -905,22 +905,34 @@ worker_drain_and_exit(bool ready)
 }
 
 /*
- * The delivery worker's main loop.
+ * What the worker's cycle remembers from one turn to the next.
  */
-void
-webhook_worker_main(Datum main_arg)
+typedef struct WorkerCycle
 {
-	Oid			database = DatumGetObjectId(main_arg);
 	bool		dispatcher;		/* the worker that dispatches, expires, cleans */
-	TimestampTz last_poll = 0;
-	TimestampTz last_dispatch = 0;
-	TimestampTz last_retention = 0;
-	TimestampTz last_replan = 0;
-	TimestampTz last_fetch = 0;		/* when the queue was last looked at */
-	bool		retention_pending = false;
-	bool		ready = false;
-	bool		dispatch_more = false;	/* a big commit's next chunk is due */
+	bool		ready;			/* the extension is here, at our version */
+	bool		dispatch_more;	/* a big commit's next chunk is due */
+	bool		retention_pending;
+	TimestampTz last_poll;
+	TimestampTz last_dispatch;
+	TimestampTz last_retention;
+	TimestampTz last_replan;
+	TimestampTz last_fetch;		/* when the queue was last looked at */
 
+	/* this turn */
+	TimestampTz now;
+	bool		poll_due;
+	uint32		wake;			/* WEBHOOK_WAKE_* taken this turn */
+	int			released;		/* ready deliveries let go */
+	bool		dispatched;		/* new deliveries, perhaps ours */
+} WorkerCycle;
+
+/*
+ * Connect to the database, set the worker's session up, claim its slot.
+ */
+static void
+worker_setup(Oid database)
+{
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
@@ -931,7 +943,6 @@ webhook_worker_main(Datum main_arg)
 		worker_index = 0;
 		worker_count = 1;
 	}
-	dispatcher = worker_index == 0;
 
 	/*
 	 * The worker's own commits need not wait for the WAL flush: losing its
@@ -994,205 +1005,266 @@ webhook_worker_main(Datum main_arg)
 	http_init();
 	webhook_worker_attach();
 	worker_report_activity(false);
+}
+
+/*
+ * Signals: a reload applies the new parameters; a drain (webhook.workers
+ * changed) ends the worker here.
+ */
+static void
+worker_take_signals(WorkerCycle *cycle)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		http_apply_settings();
+	}
+	if (webhook_drain_requested())
+		worker_drain_and_exit(cycle->ready);
+}
+
+/*
+ * Take finished requests off curl, start ready ones, let go of those held
+ * ready too long; note the time, whether a poll is due, and the wake-up.
+ */
+static void
+worker_tend_requests(WorkerCycle *cycle)
+{
+	TimestampTz now;
+
+	cycle->released = worker_collect_completed();
+	now = GetCurrentTimestamp();
+	worker_start_ready();
+	if (worker_in_flight_count == 0 && worker_done_count > 0)
+		worker_report_activity(cycle->ready);
+
+	worker_quarantine_expire(now);
+	cycle->released += worker_release_ready(NULL, now - (TimestampTz) WORKER_READY_MAX_MS * 1000);
+	cycle->now = now;
+	cycle->poll_due = TimestampDifferenceExceeds(cycle->last_poll, now, webhook_poll_interval_ms);
+	cycle->wake = now - cycle->last_dispatch >= WORKER_DISPATCH_GAP_US ? webhook_consume_wake() : 0;
+	cycle->dispatched = false;
+	if ((cycle->wake & WEBHOOK_WAKE_RESCAN) || cycle->poll_due)
+		worker_position_count = 0;
 
 	/*
-	 * The cycle: take finished requests off curl and start ready ones; when
-	 * there is reason to, check the schema, dispatch a chunk of new events
-	 * (its own transaction), record outcomes and fetch due deliveries
-	 * (another); start what was fetched; remove old history; sleep.
+	 * Plan the worker's statements afresh now and then. Their plans are
+	 * kept (see queue.c), and a plan made while the queue tables were
+	 * empty -- after CREATE EXTENSION, or after an ANALYZE of an idle
+	 * queue -- could read whole tables once they have filled; the plan
+	 * cache would only notice at the next ANALYZE. Not at every poll:
+	 * planning every statement again stalls deliveries for tens of
+	 * milliseconds (the p99 of a steady stream), and with sequential
+	 * scans off the plans stay on the indexes meanwhile.
 	 */
+	if (cycle->poll_due)
+		cycle->last_poll = now;
+	if (TimestampDifferenceExceeds(cycle->last_replan, now, WORKER_REPLAN_INTERVAL_MS))
+	{
+		ResetPlanCache();
+		cycle->last_replan = now;
+	}
+}
+
+/*
+ * Is the extension there, at this library's version? (At each poll, and
+ * when woken while it was not.)
+ */
+static void
+worker_check_schema(WorkerCycle *cycle)
+{
+	SchemaState state = SCHEMA_READY;
+	bool		now_ready;
+
+	if (!cycle->poll_due && (cycle->ready || cycle->wake == 0))
+		return;
+	now_ready = worker_transaction(worker_schema_step, &state, "look for the extension") &&
+		state == SCHEMA_READY;
+
+	/*
+	 * Not installed here (never, or dropped): leave, and let the launcher
+	 * know, so that no worker stays connected to a database that does not
+	 * use the extension.
+	 */
+	if (state == SCHEMA_MISSING)
+	{
+		worker_no_extension = true;
+		proc_exit(0);
+	}
+	if (now_ready != cycle->ready)
+	{
+		cycle->ready = now_ready;
+		worker_report_activity(cycle->ready);
+	}
+}
+
+/*
+ * Dispatch a chunk of newly committed events (the first worker of the
+ * database; the others are woken when it has, to fetch).
+ */
+static void
+worker_dispatch(WorkerCycle *cycle)
+{
+	WorkerDispatch chunk = {0};
+	bool		done;
+
+	if (!cycle->dispatcher)
+	{
+		if (cycle->wake & WEBHOOK_WAKE_DISPATCH)
+			cycle->dispatched = true;	/* new deliveries, perhaps ours */
+		return;
+	}
+	if (!cycle->ready ||
+		!(cycle->poll_due || (cycle->wake & WEBHOOK_WAKE_DISPATCH) || cycle->dispatch_more))
+		return;
+	done = worker_transaction(worker_dispatch_chunk, &chunk, "dispatch new events");
+	if (done && chunk.deliveries > 0)
+		worker_make_durable();
+	cycle->dispatch_more = done && chunk.events >= WORKER_DISPATCH_CHUNK;
+	cycle->dispatched = done && chunk.deliveries > 0;
+	if (cycle->dispatched && worker_count > 1)
+		webhook_wake_siblings(WEBHOOK_WAKE_DISPATCH);
+	cycle->last_dispatch = cycle->now;
+}
+
+/*
+ * Record and fetch, in one transaction, when there are new deliveries,
+ * outcomes due to be recorded (or riding along with a dispatch), ready
+ * deliveries just let go to fetch again, or a reason to look at the queue
+ * afresh; then, after commit, queue what was fetched and start what fits.
+ */
+static void
+worker_record_and_fetch(WorkerCycle *cycle)
+{
+	TimestampTz now = cycle->now;
+	uint32		wake = cycle->wake;
+	bool		scheduled = scheduler_wakeup_due(now, cycle->last_fetch);	/* a retry,
+																		 * probe or hold
+																		 * end came due */
+	WorkerPass	pass;
+
+	if (!cycle->ready ||
+		!(cycle->dispatched || cycle->poll_due || scheduled || (wake & WEBHOOK_WAKE_RESCAN) ||
+		  worker_record_due(now) || cycle->released > 0 ||
+		  ((wake & WEBHOOK_WAKE_DISPATCH) && worker_done_count > 0)))
+		return;
+
+	memset(&pass, 0, sizeof(pass));
+	pass.fetch = cycle->dispatched || cycle->poll_due || scheduled ||
+		(wake & WEBHOOK_WAKE_RESCAN) || worker_done_count > 0 || cycle->released > 0;
+	pass.expire = cycle->dispatcher && cycle->poll_due;
+	pass.sequences = cycle->dispatcher && (cycle->poll_due || (wake & WEBHOOK_WAKE_RESCAN));
+	pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() - worker_ready_count);
+	pass.fetched = MemoryContextAllocZero(worker_context,
+										  sizeof(Delivery *) * (pass.fetch_limit + 1));
+	if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
+	{
+		worker_forget_done();
+		if (pass.fetch)
+			cycle->last_fetch = now;
+	}
+	else
+	{
+		/*
+		 * Look for the extension again at the next poll before any other
+		 * pass (no loop of warnings).
+		 */
+		worker_free_fetched(&pass);
+		cycle->ready = false;
+		worker_report_activity(cycle->ready);
+		if (worker_done_count > 0)
+		{
+			worker_record_separately();
+			worker_forget_done();
+		}
+	}
+
+	/* After commit: queue the fetched deliveries, start what fits. */
+	if (pass.fetched_count > 0)
+	{
+		worker_reserve(pass.fetched_count + worker_in_flight_count);
+		for (int i = 0; i < pass.fetched_count; i++)
+		{
+			pass.fetched[i]->fetched_at = now;
+			worker_advance_position(pass.fetched[i]);
+			worker_ready[worker_ready_count++] = pass.fetched[i];
+		}
+		worker_start_ready();
+	}
+	pfree(pass.fetched);
+}
+
+/*
+ * Remove old history, a batch at a time (the dispatching worker).
+ */
+static void
+worker_retention(WorkerCycle *cycle)
+{
+	if (cycle->dispatcher && cycle->ready && !cycle->retention_pending &&
+		TimestampDifferenceExceeds(cycle->last_retention, cycle->now, WORKER_RETENTION_INTERVAL_MS))
+		cycle->retention_pending = true;
+	if (cycle->retention_pending &&
+		TimestampDifferenceExceeds(cycle->last_retention, cycle->now, WORKER_RETENTION_PAUSE_MS))
+	{
+		cycle->retention_pending = cycle->ready && worker_apply_retention();
+		cycle->last_retention = cycle->now;
+	}
+}
+
+/*
+ * Sleep until a commit, a socket, curl's timer, the next poll, or the
+ * moment outcomes are due to be recorded, ready deliveries to be let go, a
+ * retry or probe is due or a hold ends (the scheduler), or the next chunk
+ * of a big commit dispatched.
+ */
+static void
+worker_sleep(WorkerCycle *cycle)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout_ms = webhook_poll_interval_ms - (long) ((now - cycle->last_poll) / 1000);
+
+	if (cycle->retention_pending)
+		timeout_ms = Min(timeout_ms, WORKER_RETENTION_PAUSE_MS);
+	if (worker_done_count > 0)
+		timeout_ms = Min(timeout_ms, worker_record_delay_ms() -
+						 (long) ((now - worker_done_since) / 1000));
+	if (worker_ready_count > 0)
+		timeout_ms = Min(timeout_ms, WORKER_READY_MAX_MS -
+						 (long) ((now - worker_ready[0]->fetched_at) / 1000));
+	if (webhook_wake_pending())
+		timeout_ms = Min(timeout_ms,
+						 (WORKER_DISPATCH_GAP_US - (now - cycle->last_dispatch) + 999) / 1000);
+	if (scheduler_next_wakeup() != 0)
+		timeout_ms = Min(timeout_ms, (scheduler_next_wakeup() - now + 999) / 1000);
+	if (cycle->dispatch_more)
+		timeout_ms = 0;
+	(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
+	worker_listened_at = GetCurrentTimestamp();
+}
+
+/*
+ * The delivery worker: its cycle, as named steps.
+ */
+void
+webhook_worker_main(Datum main_arg)
+{
+	WorkerCycle cycle;
+
+	worker_setup(DatumGetObjectId(main_arg));
+	memset(&cycle, 0, sizeof(cycle));
+	cycle.dispatcher = worker_index == 0;
+
 	while (!ShutdownRequestPending)
 	{
-		TimestampTz now;
-		bool		poll_due;
-		int			released;
-		uint32		wake;
-		bool		fetch;
-		bool		scheduled;		/* a retry, probe or hold end came due */
-		bool		dispatched = false;
-		WorkerPass	pass;
-		long		timeout_ms;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			http_apply_settings();
-		}
-		if (webhook_drain_requested())
-			worker_drain_and_exit(ready);
-
-		released = worker_collect_completed();
-		now = GetCurrentTimestamp();
-		worker_start_ready();
-		if (worker_in_flight_count == 0 && worker_done_count > 0)
-			worker_report_activity(ready);
-
-		worker_quarantine_expire(now);
-		released += worker_release_ready(NULL, now - (TimestampTz) WORKER_READY_MAX_MS * 1000);
-		poll_due = TimestampDifferenceExceeds(last_poll, now, webhook_poll_interval_ms);
-		wake = now - last_dispatch >= WORKER_DISPATCH_GAP_US ? webhook_consume_wake() : 0;
-		if ((wake & WEBHOOK_WAKE_RESCAN) || poll_due)
-			worker_position_count = 0;
-
-		/*
-		 * Plan the worker's statements afresh now and then. Their plans are
-		 * kept (see queue.c), and a plan made while the queue tables were
-		 * empty -- after CREATE EXTENSION, or after an ANALYZE of an idle
-		 * queue -- could read whole tables once they have filled; the plan
-		 * cache would only notice at the next ANALYZE. Not at every poll:
-		 * planning every statement again stalls deliveries for tens of
-		 * milliseconds (the p99 of a steady stream), and with sequential
-		 * scans off the plans stay on the indexes meanwhile.
-		 */
-		if (poll_due)
-			last_poll = now;
-		if (TimestampDifferenceExceeds(last_replan, now, WORKER_REPLAN_INTERVAL_MS))
-		{
-			ResetPlanCache();
-			last_replan = now;
-		}
-
-		/* Is the extension there, at this library's version? */
-		if (poll_due || (!ready && wake != 0))
-		{
-			SchemaState state = SCHEMA_READY;
-			bool		now_ready;
-
-			now_ready = worker_transaction(worker_schema_step, &state, "look for the extension") &&
-				state == SCHEMA_READY;
-
-			/*
-			 * Not installed here (never, or dropped): leave, and let the
-			 * launcher know, so that no worker stays connected to a
-			 * database that does not use the extension.
-			 */
-			if (state == SCHEMA_MISSING)
-			{
-				worker_no_extension = true;
-				proc_exit(0);
-			}
-			if (now_ready != ready)
-			{
-				ready = now_ready;
-				worker_report_activity(ready);
-			}
-		}
-
-		/*
-		 * Dispatch a chunk of newly committed events (the first worker of
-		 * the database; the others are woken when it has, to fetch).
-		 */
-		if (dispatcher && ready && (poll_due || (wake & WEBHOOK_WAKE_DISPATCH) || dispatch_more))
-		{
-			WorkerDispatch chunk = {0};
-
-			dispatched = worker_transaction(worker_dispatch_chunk, &chunk, "dispatch new events");
-			if (dispatched && chunk.deliveries > 0)
-				worker_make_durable();
-			dispatch_more = dispatched && chunk.events >= WORKER_DISPATCH_CHUNK;
-			dispatched = dispatched && chunk.deliveries > 0;
-			if (dispatched && worker_count > 1)
-				webhook_wake_siblings(WEBHOOK_WAKE_DISPATCH);
-			last_dispatch = now;
-		}
-		else if (!dispatcher && (wake & WEBHOOK_WAKE_DISPATCH))
-			dispatched = true;	/* new deliveries, perhaps of our endpoints */
-
-		/*
-		 * Record and fetch when there are new deliveries, outcomes due to be
-		 * recorded (or riding along with a dispatch), ready deliveries just
-		 * let go to fetch again, or a reason to look at the queue afresh.
-		 */
-		scheduled = scheduler_wakeup_due(now, last_fetch);
-		fetch = dispatched || poll_due || scheduled || (wake & WEBHOOK_WAKE_RESCAN) ||
-			worker_done_count > 0 || released > 0;
-		memset(&pass, 0, sizeof(pass));
-		if (ready && (dispatched || poll_due || scheduled || (wake & WEBHOOK_WAKE_RESCAN) ||
-					  worker_record_due(now) || released > 0 ||
-					  ((wake & WEBHOOK_WAKE_DISPATCH) && worker_done_count > 0)))
-		{
-			pass.fetch = fetch;
-			pass.expire = dispatcher && poll_due;
-			pass.sequences = dispatcher && (poll_due || (wake & WEBHOOK_WAKE_RESCAN));
-			pass.fetch_limit = Max(0, worker_free_slots() + http_max_in_flight() -
-								   worker_ready_count);
-			pass.fetched = MemoryContextAllocZero(worker_context,
-												  sizeof(Delivery *) * (pass.fetch_limit + 1));
-			if (worker_transaction(worker_pass, &pass, "run a delivery pass"))
-			{
-				worker_forget_done();
-				if (pass.fetch)
-					last_fetch = now;
-			}
-			else
-			{
-				/*
-				 * Look for the extension again at the next poll before any
-				 * other pass (no loop of warnings).
-				 */
-				worker_free_fetched(&pass);
-				ready = false;
-				worker_report_activity(ready);
-				if (worker_done_count > 0)
-				{
-					worker_record_separately();
-					worker_forget_done();
-				}
-			}
-		}
-
-		/* After commit: queue the fetched deliveries, start what fits. */
-		if (pass.fetched_count > 0)
-		{
-			worker_reserve(pass.fetched_count + worker_in_flight_count);
-			for (int i = 0; i < pass.fetched_count; i++)
-			{
-				pass.fetched[i]->fetched_at = now;
-				worker_advance_position(pass.fetched[i]);
-				worker_ready[worker_ready_count++] = pass.fetched[i];
-			}
-			worker_start_ready();
-		}
-		if (pass.fetched != NULL)
-			pfree(pass.fetched);
-
-		if (dispatcher && ready && !retention_pending &&
-			TimestampDifferenceExceeds(last_retention, now, WORKER_RETENTION_INTERVAL_MS))
-			retention_pending = true;
-		if (retention_pending &&
-			TimestampDifferenceExceeds(last_retention, now, WORKER_RETENTION_PAUSE_MS))
-		{
-			retention_pending = ready && worker_apply_retention();
-			last_retention = now;
-		}
-
-		/*
-		 * Sleep until a commit, a socket, curl's timer, the next poll, or
-		 * the moment outcomes are due to be recorded, ready deliveries to be
-		 * let go, a retry or probe is due or a hold ends (the scheduler), or
-		 * the next chunk of a big commit dispatched.
-		 */
-		now = GetCurrentTimestamp();
-		timeout_ms = webhook_poll_interval_ms - (long) ((now - last_poll) / 1000);
-		if (retention_pending)
-			timeout_ms = Min(timeout_ms, WORKER_RETENTION_PAUSE_MS);
-		if (worker_done_count > 0)
-			timeout_ms = Min(timeout_ms, worker_record_delay_ms() -
-							 (long) ((now - worker_done_since) / 1000));
-		if (worker_ready_count > 0)
-			timeout_ms = Min(timeout_ms, WORKER_READY_MAX_MS -
-							 (long) ((now - worker_ready[0]->fetched_at) / 1000));
-		if (webhook_wake_pending())
-			timeout_ms = Min(timeout_ms,
-							 (WORKER_DISPATCH_GAP_US - (now - last_dispatch) + 999) / 1000);
-		if (scheduler_next_wakeup() != 0)
-			timeout_ms = Min(timeout_ms, (scheduler_next_wakeup() - now + 999) / 1000);
-		if (dispatch_more)
-			timeout_ms = 0;
-		(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
-		worker_listened_at = GetCurrentTimestamp();
+		worker_take_signals(&cycle);
+		worker_tend_requests(&cycle);
+		worker_check_schema(&cycle);
+		worker_dispatch(&cycle);
+		worker_record_and_fetch(&cycle);
+		worker_retention(&cycle);
+		worker_sleep(&cycle);
 	}
 
 	/*
@@ -1200,7 +1272,7 @@ webhook_worker_main(Datum main_arg)
 	 * pending and are sent again after restart.
 	 */
 	worker_collect_completed();
-	if (ready && worker_done_count > 0)
+	if (cycle.ready && worker_done_count > 0)
 	{
 		WorkerPass	pass;
 
