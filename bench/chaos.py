@@ -112,23 +112,7 @@ class Cluster:
             self._start_standby()
 
     def _start_standby(self):
-        root = os.path.join(self.root, 'standby')
-        os.makedirs(root)
-        data = os.path.join(root, 'pgdata')
-        subprocess.run([os.path.join(PG_BINDIR, 'pg_basebackup'), '-D', data, '-X', 'stream',
-                        '-h', self.primary.root, '-p', str(self.primary.port), '-U', 'postgres',
-                        '--no-sync'], check=True)
-        standby = Postgres.__new__(Postgres)
-        standby.root = root
-        standby.data = data
-        standby.logfile = os.path.join(root, 'postgres.log')
-        standby.port = free_port()
-        with open(os.path.join(data, 'postgresql.conf'), 'a') as f:
-            f.write("port = %d\nunix_socket_directories = '%s'\n"
-                    "primary_conninfo = 'host=%s port=%d user=postgres application_name=standby'\n"
-                    % (standby.port, root, self.primary.root, self.primary.port))
-        open(os.path.join(data, 'standby.signal'), 'w').close()
-        standby.start()
+        standby = Postgres.standby_of(self.primary, os.path.join(self.root, 'standby'))
         self.standby = standby
         run(self.primary, ["ALTER SYSTEM SET synchronous_standby_names = 'standby'",
                            'SELECT pg_reload_conf()'], 'postgres')
@@ -200,8 +184,10 @@ class Emitters:
             self.next_seq += 1
             return self.next_seq
 
-    def _connect(self):
-        while not self.stop_event.is_set():
+    def _connect(self, until_stopped=True):
+        """A connection to the current primary, retried while it restarts;
+        None once the emitters are stopped (unless until_stopped is off)."""
+        while not (until_stopped and self.stop_event.is_set()):
             try:
                 conn = psycopg2.connect(connect_timeout=2, **self.cluster.primary.dsn())
                 conn.autocommit = True
@@ -268,7 +254,7 @@ class Emitters:
                 continue
             for gid, seq, _ in due:
                 if conn is None:
-                    conn = self._connect_anyway()
+                    conn = self._connect(until_stopped=False)
                 commit = random.random() < 0.7
                 try:
                     with self.lock:
@@ -287,22 +273,13 @@ class Emitters:
                     conn = None
                     time.sleep(0.2)
 
-    def _connect_anyway(self):
-        while True:
-            try:
-                conn = psycopg2.connect(connect_timeout=2, **self.cluster.primary.dsn())
-                conn.autocommit = True
-                return conn
-            except psycopg2.Error:
-                time.sleep(0.2)
-
     def stop(self):
         self.stop_event.set()
         for t in self.threads + [self.resolver]:
             t.join(30)
         # Prepared transactions still open: those the server still has are
         # resolved; the others were lost with the old primary (uncommitted).
-        conn = self._connect_anyway()
+        conn = self._connect(until_stopped=False)
         cur = conn.cursor()
         cur.execute('SELECT gid FROM pg_prepared_xacts')
         alive = {r[0] for r in cur.fetchall()}
@@ -414,9 +391,10 @@ def main():
 
     lost = phantom = duplicates = flaky_repeats = received_rolled_back = 0
     longest_wait = 0.0
-    first_seen = {}
+    receipts_of = {r: r.receipts() for r in receivers}
+    first_arrival = {}          # seq -> its earliest receipt at any endpoint
     for r in receivers:
-        receipts = r.receipts()
+        receipts = receipts_of[r]
         ids = [wid for wid, _ in receipts]
         distinct = set(ids)
         if r is receivers[1]:
@@ -424,18 +402,12 @@ def main():
         else:
             duplicates += len(ids) - len(distinct)
         lost += len(set(in_db) - distinct)
+        phantom += len(distinct - set(in_db))
         for wid, at in receipts:
-            first_seen.setdefault((r.port, wid), at)
-        for wid in distinct:
-            if wid not in in_db:
-                phantom += 1
-    received_seqs = {}
-    for r in receivers:
-        for wid, at in r.receipts():
             if wid in in_db:
                 seq = in_db[wid]
-                received_seqs.setdefault(seq, at)
-    for seq, at in received_seqs.items():
+                first_arrival[seq] = min(at, first_arrival.get(seq, at))
+    for seq, at in first_arrival.items():
         if seq in emitters.committed_at:
             longest_wait = max(longest_wait, at - emitters.committed_at[seq])
     received_rolled_back = len(rolled_back & seqs_in_db)
@@ -453,8 +425,8 @@ def main():
         ('rolled back yet in the database', received_rolled_back),
         ('committed but gone after the failover', committed_missing),
         ('deliveries not succeeded at the end', not_succeeded),
-        ('requests to the two healthy endpoints', sum(len(r.receipts()) for r in
-                                                       (receivers[0], receivers[2]))),
+        ('requests to the two healthy endpoints', len(receipts_of[receivers[0]]) +
+         len(receipts_of[receivers[2]])),
         ('... of which repeats, around the faults (same webhook-id)', duplicates),
         ('retries at the endpoint failing 20% (same webhook-id)', flaky_repeats),
         ('longest wait, commit to first arrival (s)', round(longest_wait, 2)),

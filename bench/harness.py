@@ -122,6 +122,27 @@ class Postgres:
             f.write('\n'.join(conf) + '\n')
         self.start()
 
+    @classmethod
+    def standby_of(cls, primary, root):
+        """A hot standby of primary in root, streaming as application_name
+        'standby', started."""
+        standby = cls.__new__(cls)
+        standby.root = root
+        standby.data = os.path.join(root, 'pgdata')
+        standby.logfile = os.path.join(root, 'postgres.log')
+        standby.port = free_port()
+        os.makedirs(root)
+        subprocess.run([os.path.join(PG_BINDIR, 'pg_basebackup'), '-D', standby.data,
+                        '-X', 'stream', '-h', primary.root, '-p', str(primary.port),
+                        '-U', 'postgres', '--no-sync'], check=True)
+        with open(os.path.join(standby.data, 'postgresql.conf'), 'a') as f:
+            f.write("port = %d\nunix_socket_directories = '%s'\n"
+                    "primary_conninfo = 'host=%s port=%d user=postgres application_name=standby'\n"
+                    % (standby.port, root, primary.root, primary.port))
+        open(os.path.join(standby.data, 'standby.signal'), 'w').close()
+        standby.start()
+        return standby
+
     def start(self):
         self.process = subprocess.Popen([os.path.join(PG_BINDIR, 'postgres'), '-D', self.data],
                                         stdout=open(self.logfile, 'a'), stderr=subprocess.STDOUT,

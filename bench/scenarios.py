@@ -18,7 +18,7 @@ import time
 
 import psycopg2
 
-from harness import (HERE, PG_BINDIR, Sampler, free_port, log, median, payload, percentile,
+from harness import (HERE, PG_BINDIR, Postgres, Sampler, log, median, payload, percentile,
                      process_cpu_seconds, wait_until)
 
 SIZES = {
@@ -291,20 +291,7 @@ def scenario_latency_syncrep(b, runs, context):
     events/s with synchronous_standby_names naming a streaming standby on
     this machine, against none, alternated in the same run. Emitters and
     the worker wait for the standby alike (durable before delivered)."""
-    root = os.path.join(b.root, 'standby')
-    data = os.path.join(root, 'pgdata')
-    os.makedirs(root)
-    subprocess.run([os.path.join(PG_BINDIR, 'pg_basebackup'), '-D', data, '-X', 'stream',
-                    '-h', b.pg.root, '-p', str(b.pg.port), '-U', 'postgres', '--no-sync'],
-                   check=True)
-    with open(os.path.join(data, 'postgresql.conf'), 'a') as f:
-        f.write("port = %d\nunix_socket_directories = '%s'\n"
-                "primary_conninfo = 'host=%s port=%d user=postgres application_name=standby'\n"
-                % (free_port(), root, b.pg.root, b.pg.port))
-    open(os.path.join(data, 'standby.signal'), 'w').close()
-    standby = subprocess.Popen([os.path.join(PG_BINDIR, 'postgres'), '-D', data],
-                               stdout=open(os.path.join(root, 'postgres.log'), 'a'),
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    standby = Postgres.standby_of(b.pg, os.path.join(b.root, 'standby'))
 
     def synchronous(names):
         b.sql('ALTER SYSTEM SET synchronous_standby_names = %s', (names,))
@@ -333,8 +320,7 @@ def scenario_latency_syncrep(b, runs, context):
     finally:
         b.sql('ALTER SYSTEM RESET synchronous_standby_names')
         b.sql('SELECT pg_reload_conf()')
-        standby.terminate()
-        standby.wait(60)
+        standby.stop()
     rows = []
     for names in ('', 'standby'):
         what = 'a synchronous standby' if names else 'no synchronous standby'

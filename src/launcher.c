@@ -87,12 +87,16 @@ static ProcessUtility_hook_type launcher_prev_utility_hook = NULL;
  * The list webhook.databases (or webhook.database) names, as the parameter
  * text; "*" for every database.
  */
+static bool
+launcher_deprecated_setting(void)
+{
+	return webhook_database != NULL && webhook_database[0] != '\0';
+}
+
 const char *
 webhook_served_databases(void)
 {
-	if (webhook_database != NULL && webhook_database[0] != '\0')
-		return webhook_database;
-	return webhook_databases;
+	return launcher_deprecated_setting() ? webhook_database : webhook_databases;
 }
 
 /*
@@ -107,7 +111,7 @@ webhook_database_served(const char *name)
 	ListCell   *cell;
 	bool		served = false;
 
-	if (webhook_database != NULL && webhook_database[0] != '\0')
+	if (launcher_deprecated_setting())
 		return strcmp(webhook_database, name) == 0;
 	if (webhook_databases == NULL)
 		return false;
@@ -184,8 +188,7 @@ webhook_require_served_database(void)
 				 errmsg("database \"%s\" is not served by webhook_outbox",
 						get_database_name(MyDatabaseId)),
 				 errdetail("%s is '%s': no worker would deliver events emitted here.",
-						   (webhook_database != NULL && webhook_database[0] != '\0')
-						   ? "webhook.database" : "webhook.databases",
+						   launcher_deprecated_setting() ? "webhook.database" : "webhook.databases",
 						   list),
 				 errhint("Add the database to webhook.databases (or set it to '*') in postgresql.conf and reload.")));
 }
@@ -433,7 +436,7 @@ webhook_launcher_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	webhook_launcher_attach();
 	pgstat_report_activity(STATE_IDLE, "serving databases");
-	if (webhook_database != NULL && webhook_database[0] != '\0')
+	if (launcher_deprecated_setting())
 		ereport(LOG,
 				(errmsg("webhook_outbox serves database \"%s\" alone: webhook.database is set",
 						webhook_database),

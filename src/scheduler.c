@@ -82,7 +82,11 @@ static HTAB *scheduler_endpoints = NULL;
 static TimestampTz *scheduler_wakeups = NULL;
 static int	scheduler_wakeup_count = 0;
 
-/* Endpoints that an open breaker or a hold keeps out of fetches. */
+/*
+ * Endpoints that an open breaker or a hold keeps out of fetches, and those
+ * whose rate limit made a delivery wait within the last second (counted
+ * for the activity line only).
+ */
 static EndpointState **scheduler_waiting = NULL;
 static int	scheduler_waiting_count = 0;
 
@@ -287,6 +291,7 @@ scheduler_may_start(const Delivery *d, TimestampTz now, SchedulerReason *reason)
 		/* The next slot may let it go. */
 		scheduler_wake_at((now / SCHEDULER_RATE_SLOT_US + 1) * SCHEDULER_RATE_SLOT_US);
 		state->limited_at = now;
+		scheduler_note_waiting(state);
 		*reason = SCHEDULER_RATE_LIMIT;
 		return false;
 	}
@@ -409,8 +414,8 @@ scheduler_fetch_limits(TimestampTz now, pg_uuid_t *blocked, int *blocked_count,
 			blocked[(*blocked_count)++] = state->id;
 		else if (state->open)
 			probing[(*probing_count)++] = state->id;
-		else
-			continue;			/* closed and not held: no longer waiting */
+		else if (now - state->limited_at >= USECS_PER_SEC)
+			continue;			/* closed, not held, not limited: no longer waiting */
 		scheduler_waiting[kept++] = state;
 	}
 	scheduler_waiting_count = kept;
@@ -422,9 +427,6 @@ scheduler_fetch_limits(TimestampTz now, pg_uuid_t *blocked, int *blocked_count,
 void
 scheduler_count_waiting(TimestampTz now, int *open, int *held, int *limited)
 {
-	HASH_SEQ_STATUS status;
-	EndpointState *state;
-
 	*open = 0;
 	*held = 0;
 	*limited = 0;
@@ -434,12 +436,10 @@ scheduler_count_waiting(TimestampTz now, int *open, int *held, int *limited)
 			(*held)++;
 		else if (scheduler_waiting[i]->open)
 			(*open)++;
-	}
-	/* those that made a delivery wait within the last second */
-	hash_seq_init(&status, scheduler_endpoints);
-	while ((state = (EndpointState *) hash_seq_search(&status)) != NULL)
-		if (state->limited_at != 0 && now - state->limited_at < USECS_PER_SEC)
+		/* a delivery waited for the rate limit within the last second */
+		else if (now - scheduler_waiting[i]->limited_at < USECS_PER_SEC)
 			(*limited)++;
+	}
 }
 
 /*

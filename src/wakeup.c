@@ -332,14 +332,20 @@ wakeup_xact_callback(XactEvent event, void *arg)
  * Remember to wake the worker, for these reasons, if the current
  * transaction commits.
  */
-void
-webhook_wake_at_commit(uint32 reasons)
+static void
+wakeup_register_callback(void)
 {
 	if (!wakeup_callback_registered)
 	{
 		RegisterXactCallback(wakeup_xact_callback, NULL);
 		wakeup_callback_registered = true;
 	}
+}
+
+void
+webhook_wake_at_commit(uint32 reasons)
+{
+	wakeup_register_callback();
 	wakeup_in_xact |= reasons;
 }
 
@@ -640,11 +646,7 @@ webhook_database_held(Oid database, TimestampTz now)
 void
 webhook_rescan_at_commit(void)
 {
-	if (!wakeup_callback_registered)
-	{
-		RegisterXactCallback(wakeup_xact_callback, NULL);
-		wakeup_callback_registered = true;
-	}
+	wakeup_register_callback();
 	wakeup_rescan_in_xact = true;
 }
 

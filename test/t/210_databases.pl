@@ -29,6 +29,15 @@ sub workers
             FROM pg_stat_activity WHERE backend_type = 'webhook_outbox worker'});
 }
 
+# Wait until "beta" has $n workers; true if it did in time.
+sub beta_workers_become
+{
+    my ($n) = @_;
+    return $node->poll_query_until('postgres',
+        "SELECT count(*) = $n FROM pg_stat_activity
+          WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'");
+}
+
 sub serve
 {
     my ($db) = @_;
@@ -59,9 +68,7 @@ ok($node->poll_query_until('postgres',
 $node->safe_psql('postgres', 'CREATE DATABASE beta');
 my $created = time;
 serve('beta');
-ok($node->poll_query_until('postgres',
-        q{SELECT count(*) = 1 FROM pg_stat_activity
-           WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'}),
+ok(beta_workers_become(1),
     'a database created after start: its worker starts at CREATE EXTENSION');
 cmp_ok(time - $created, '<', 4, '... at once, without a restart');
 is(workers(), 'alpha,beta,postgres', 'one worker per database, none for the one without the extension');
@@ -88,9 +95,7 @@ is(workers(), 'alpha,beta,postgres', 'still no worker for the database without t
 
 $node->safe_psql('postgres', q{ALTER SYSTEM SET webhook.databases = 'postgres, alpha'});
 $node->reload;
-ok($node->poll_query_until('postgres',
-        q{SELECT count(*) = 0 FROM pg_stat_activity
-           WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'}),
+ok(beta_workers_become(0),
     'left out of webhook.databases: its worker stops on reload');
 $node->poll_query_until('beta', q{SELECT current_setting('webhook.databases') = 'postgres, alpha'})
   or die 'reload not seen';
@@ -104,9 +109,7 @@ like($err, qr/DETAIL:  webhook.databases is 'postgres, alpha'.*\n.*HINT:  Add th
 
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET webhook.databases');
 $node->reload;
-ok($node->poll_query_until('postgres',
-        q{SELECT count(*) = 1 FROM pg_stat_activity
-           WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'}),
+ok(beta_workers_become(1),
     'served again: its worker is back');
 $node->poll_query_until('beta', q{SELECT current_setting('webhook.databases') = '*'})
   or die 'reload not seen';
@@ -126,14 +129,10 @@ sleep 2;
 is(workers(), 'beta,postgres', 'its worker is gone, and not started again');
 
 $node->safe_psql('beta', 'DROP EXTENSION webhook_outbox');
-ok($node->poll_query_until('postgres',
-        q{SELECT count(*) = 0 FROM pg_stat_activity
-           WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'}),
+ok(beta_workers_become(0),
     'DROP EXTENSION: the worker leaves its database');
 $node->safe_psql('beta', 'CREATE EXTENSION webhook_outbox');
-ok($node->poll_query_until('postgres',
-        q{SELECT count(*) = 1 FROM pg_stat_activity
-           WHERE backend_type = 'webhook_outbox worker' AND datname = 'beta'}),
+ok(beta_workers_become(1),
     '... and CREATE EXTENSION brings it back');
 
 my $log = slurp_file($node->logfile);
