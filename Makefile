@@ -20,7 +20,8 @@ OBJS = \
 	src/scheduler.o \
 	src/queue.o \
 	src/http.o \
-	src/address.o
+	src/address.o \
+	src/citus.o
 
 DATA = $(wildcard sql/webhook_outbox--*.sql)
 PGFILEDESC = "webhook_outbox - transactional webhook outbox"

@@ -1319,6 +1319,24 @@ $$;
 -- expiry. An endpoint past its expiry time is not enabled again unless the
 -- same call moves that time. Disabling an enabled endpoint records
 -- webhook.endpoint.disabled (reason 'manual').
+-- An endpoint no longer ordered: its deliveries waiting their turn are
+-- due now (parked if it is disabled). update_webhook calls it, and
+-- webhook.apply_catalog_row on a Citus worker node.
+CREATE FUNCTION webhook.release_waiting(endpoint_id uuid) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE webhook.delivery_log d
+       SET next_attempt_at = CASE WHEN e.enabled THEN now() ELSE 'infinity' END
+      FROM webhook.endpoints e
+     WHERE e.id = release_waiting.endpoint_id AND d.endpoint_id = e.id
+       AND d.status = 'pending' AND d.next_attempt_at IS NULL;
+    PERFORM webhook.wake_worker();
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.release_waiting(uuid) FROM PUBLIC;
+
 CREATE FUNCTION webhook.update_webhook(
     id           uuid,
     url          text        DEFAULT NULL,
@@ -1414,12 +1432,7 @@ BEGIN
     -- dispatch queued meanwhile under the old setting still waits, and goes
     -- one at a time as those ahead of it end.
     IF NOT update_webhook.ordered THEN
-        UPDATE webhook.delivery_log d
-           SET next_attempt_at = CASE WHEN e.enabled THEN now() ELSE 'infinity' END
-          FROM webhook.endpoints e
-         WHERE e.id = v_id AND d.endpoint_id = v_id
-           AND d.status = 'pending' AND d.next_attempt_at IS NULL;
-        PERFORM webhook.wake_worker();
+        PERFORM webhook.release_waiting(v_id);
     END IF;
     IF update_webhook.enabled IS NOT NULL AND update_webhook.enabled IS DISTINCT FROM v_was THEN
         PERFORM webhook.park_pending(v_id, NOT update_webhook.enabled);
@@ -2273,6 +2286,222 @@ REVOKE ALL ON FUNCTION webhook.warn_blocked_url(text) FROM PUBLIC;
 
 -- ===========================================================================
 -- END section: first hour
+-- ===========================================================================
+
+-- ===========================================================================
+-- Citus: every node delivers what is recorded on it
+-- ===========================================================================
+--
+-- On a Citus cluster the coordinator owns the endpoints and event types;
+-- each change to them is applied on every worker node in the same
+-- distributed transaction (src/citus.c), so that the node where an event is
+-- recorded (emit on the coordinator, a trigger on a shard, a distributed
+-- function) can deliver it. Delivery state (deliveries, attempts, an
+-- endpoint's failing_since) is each node's own; the cluster_* views below
+-- show it from the coordinator. Without Citus the trigger does nothing.
+
+CREATE FUNCTION webhook.propagate_catalog_change() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'webhook_propagate_catalog_change';
+REVOKE ALL ON FUNCTION webhook.propagate_catalog_change() FROM PUBLIC;
+
+CREATE TRIGGER endpoints_propagate
+    AFTER INSERT OR UPDATE OR DELETE ON webhook.endpoints
+    FOR EACH ROW EXECUTE FUNCTION webhook.propagate_catalog_change();
+CREATE TRIGGER event_types_propagate
+    AFTER INSERT OR UPDATE OR DELETE ON webhook.event_types
+    FOR EACH ROW EXECUTE FUNCTION webhook.propagate_catalog_change();
+
+-- What the coordinator sends to a worker node: apply a change of relation
+-- ('endpoints' or 'event_types'; operation 'UPSERT' or 'DELETE', row the
+-- coordinator's row) or replace the whole catalog ('catalog', 'REPLACE',
+-- the coordinator's webhook.catalog_snapshot()). Superuser (the extension
+-- owner) only: it writes endpoints with their secrets.
+CREATE FUNCTION webhook.apply_catalog_change(relation text, operation text, row_data jsonb)
+    RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'webhook_apply_catalog_change';
+REVOKE ALL ON FUNCTION webhook.apply_catalog_change(text, text, jsonb) FROM PUBLIC;
+
+-- The coordinator's catalog, as webhook.sync_catalog_to_nodes sends it.
+CREATE FUNCTION webhook.catalog_snapshot() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+        'event_types', (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM webhook.event_types t),
+        'endpoints', (SELECT coalesce(jsonb_agg(to_jsonb(e)), '[]') FROM webhook.endpoints e));
+END;
+REVOKE ALL ON FUNCTION webhook.catalog_snapshot() FROM PUBLIC;
+
+-- Applies one change from the coordinator on this node (see
+-- apply_catalog_change, which calls it). An endpoint's configuration,
+-- enabled state included, becomes the coordinator's; its delivery state
+-- stays this node's, and the pending deliveries follow as they do on the
+-- coordinator: parked or resumed, due at once after a URL or header change,
+-- released when ordering ends, cancelled when it is deleted.
+CREATE FUNCTION webhook.apply_catalog_row(relation text, operation text, row_data jsonb)
+    RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_new webhook.endpoints;
+    v_old webhook.endpoints;
+BEGIN
+    -- the coordinator's change, whatever tenant a propagated SET named
+    PERFORM set_config('webhook.tenant', '', true);
+    IF relation = 'catalog' AND operation = 'REPLACE' THEN
+        DELETE FROM webhook.event_types t
+         WHERE t.name NOT IN (SELECT x->>'name' FROM jsonb_array_elements(row_data->'event_types') x);
+        PERFORM webhook.apply_catalog_row('event_types', 'UPSERT', x)
+           FROM jsonb_array_elements(row_data->'event_types') x;
+        PERFORM webhook.delete_webhook(e.id)
+           FROM webhook.endpoints e
+          WHERE e.id NOT IN (SELECT (x->>'id')::uuid FROM jsonb_array_elements(row_data->'endpoints') x);
+        PERFORM webhook.apply_catalog_row('endpoints', 'UPSERT', x)
+           FROM jsonb_array_elements(row_data->'endpoints') x;
+        RETURN;
+    ELSIF relation = 'event_types' AND operation = 'DELETE' THEN
+        DELETE FROM webhook.event_types t WHERE t.name = row_data->>'name';
+        RETURN;
+    ELSIF relation = 'event_types' AND operation = 'UPSERT' THEN
+        INSERT INTO webhook.event_types (name, description)
+        VALUES (row_data->>'name', row_data->>'description')
+        ON CONFLICT (name) DO UPDATE SET description = excluded.description;
+        RETURN;
+    ELSIF relation = 'endpoints' AND operation = 'DELETE' THEN
+        PERFORM webhook.delete_webhook((row_data->>'id')::uuid);
+        RETURN;
+    ELSIF relation IS DISTINCT FROM 'endpoints' OR operation IS DISTINCT FROM 'UPSERT' THEN
+        RAISE EXCEPTION 'unknown catalog change "% %"', operation, relation
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_new := jsonb_populate_record(NULL::webhook.endpoints, row_data);
+    SELECT * INTO v_old FROM webhook.endpoints e WHERE e.id = v_new.id FOR UPDATE;
+    INSERT INTO webhook.endpoints AS e
+           (id, url, event_types, secret, previous_secret, previous_secret_expires_at,
+            description, headers, enabled, disabled_at, disabled_reason,
+            created_at, updated_at, tenant, expires_at, ordered, rate_limit)
+    VALUES (v_new.id, v_new.url, v_new.event_types, v_new.secret, v_new.previous_secret,
+            v_new.previous_secret_expires_at, v_new.description, v_new.headers,
+            v_new.enabled, v_new.disabled_at, v_new.disabled_reason,
+            v_new.created_at, v_new.updated_at, v_new.tenant, v_new.expires_at,
+            v_new.ordered, v_new.rate_limit)
+    ON CONFLICT (id) DO UPDATE SET
+        url = excluded.url, event_types = excluded.event_types, secret = excluded.secret,
+        previous_secret = excluded.previous_secret,
+        previous_secret_expires_at = excluded.previous_secret_expires_at,
+        description = excluded.description, headers = excluded.headers,
+        enabled = excluded.enabled, disabled_at = excluded.disabled_at,
+        disabled_reason = excluded.disabled_reason,
+        -- enabled again here: its failures here are forgiven, as by update_webhook
+        failing_since = CASE WHEN excluded.enabled AND NOT e.enabled THEN NULL
+                             ELSE e.failing_since END,
+        last_failure_at = CASE WHEN excluded.enabled AND NOT e.enabled THEN NULL
+                               ELSE e.last_failure_at END,
+        updated_at = excluded.updated_at, tenant = excluded.tenant,
+        expires_at = excluded.expires_at, ordered = excluded.ordered,
+        rate_limit = excluded.rate_limit;
+    IF v_old.id IS NULL THEN
+        RETURN;
+    END IF;
+    IF v_old.ordered AND NOT v_new.ordered THEN
+        PERFORM webhook.release_waiting(v_new.id);
+    END IF;
+    IF v_old.enabled IS DISTINCT FROM v_new.enabled THEN
+        PERFORM webhook.park_pending(v_new.id, NOT v_new.enabled);
+    END IF;
+    IF v_old.url IS DISTINCT FROM v_new.url OR v_old.headers IS DISTINCT FROM v_new.headers THEN
+        PERFORM webhook.retry_now(v_new.id);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.apply_catalog_row(text, text, jsonb) FROM PUBLIC;
+
+-- Makes every worker node's catalog the coordinator's: after adding a node
+-- (citus_add_node creates the extension there, not its rows), or to repair
+-- one. Returns the number of worker nodes.
+CREATE FUNCTION webhook.sync_catalog_to_nodes() RETURNS integer
+    LANGUAGE c AS 'MODULE_PATHNAME', 'webhook_sync_catalog_to_nodes';
+REVOKE ALL ON FUNCTION webhook.sync_catalog_to_nodes() FROM PUBLIC;
+
+-- One of the history or operator views of this node, as JSON, in the scope
+-- of tenant (NULL: every tenant); what cluster_rows asks each node for.
+CREATE FUNCTION webhook.node_rows(relation text, tenant text) RETURNS json
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows json;
+BEGIN
+    IF relation IS NULL OR relation NOT IN
+       ('events', 'deliveries', 'attempts', 'queue_status', 'endpoint_health') THEN
+        RAISE EXCEPTION 'relation "%" is not a webhook history or operator view', relation
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM set_config('webhook.tenant', coalesce(tenant, ''), true);
+    EXECUTE format('SELECT coalesce(json_agg(r), ''[]'') FROM webhook.%I r', relation)
+       INTO v_rows;
+    RETURN v_rows;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.node_rows(text, text) FROM PUBLIC;
+
+-- A view of every node of the Citus cluster, read on each node with the
+-- caller's rights and tenant scope (Citus's run_command_on_all_nodes):
+-- one row per node, node being its name:port (or 'coordinator' when the
+-- coordinator is not in Citus's node list). A node that cannot be read
+-- fails the query: a partial history would look complete.
+CREATE FUNCTION webhook.cluster_rows(relation text) RETURNS TABLE (node text, rows json)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result record;
+BEGIN
+    IF pg_catalog.to_regprocedure('pg_catalog.run_command_on_all_nodes(text, boolean, boolean)') IS NULL THEN
+        RAISE EXCEPTION 'the webhook cluster views need the citus extension'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'On a single server, read the views without "cluster_".';
+    END IF;
+    FOR v_result IN EXECUTE
+        'SELECT r.success, r.result, n.nodename, n.nodeport
+           FROM pg_catalog.run_command_on_all_nodes($1) r
+           LEFT JOIN pg_catalog.pg_dist_node n ON n.nodeid = r.nodeid
+          ORDER BY r.nodeid'
+        USING format('SELECT webhook.node_rows(%L, %L)', relation,
+                     nullif(current_setting('webhook.tenant', true), ''))
+    LOOP
+        node := coalesce(v_result.nodename || ':' || v_result.nodeport, 'coordinator');
+        IF NOT v_result.success THEN
+            RAISE EXCEPTION 'could not read webhook.% on node "%"', relation, node
+                USING ERRCODE = 'connection_failure', DETAIL = v_result.result;
+        END IF;
+        rows := v_result.result::json;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.cluster_rows(text) FROM PUBLIC;
+
+CREATE VIEW webhook.cluster_events AS
+    SELECT c.node, r.* FROM webhook.cluster_rows('events') c,
+           json_populate_recordset(NULL::webhook.events, c.rows) r;
+CREATE VIEW webhook.cluster_deliveries AS
+    SELECT c.node, r.* FROM webhook.cluster_rows('deliveries') c,
+           json_populate_recordset(NULL::webhook.deliveries, c.rows) r;
+CREATE VIEW webhook.cluster_attempts AS
+    SELECT c.node, r.* FROM webhook.cluster_rows('attempts') c,
+           json_populate_recordset(NULL::webhook.attempts, c.rows) r;
+CREATE VIEW webhook.cluster_queue_status AS
+    SELECT c.node, r.* FROM webhook.cluster_rows('queue_status') c,
+           json_populate_recordset(NULL::webhook.queue_status, c.rows) r;
+CREATE VIEW webhook.cluster_endpoint_health AS
+    SELECT c.node, r.* FROM webhook.cluster_rows('endpoint_health') c,
+           json_populate_recordset(NULL::webhook.endpoint_health, c.rows) r;
+
+-- ===========================================================================
+-- END section: Citus
 -- ===========================================================================
 
 -- ---------------------------------------------------------------------------

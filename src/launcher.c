@@ -34,6 +34,7 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
@@ -535,6 +536,18 @@ launcher_utility_hook(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 								queryEnv, dest, qc);
+
+	/*
+	 * A prepared transaction that created the extension (Citus propagates
+	 * CREATE EXTENSION to its worker nodes so) asked for no rescan: its
+	 * commit came later, here.  If this database now has the extension and
+	 * no worker, have the launcher look again.
+	 */
+	if (IsA(statement, TransactionStmt) &&
+		((TransactionStmt *) statement)->kind == TRANS_STMT_COMMIT_PREPARED &&
+		webhook_worker_pid(MyDatabaseId, -1) == 0 &&
+		OidIsValid(get_extension_oid("webhook_outbox", true)))
+		webhook_rescan_at_commit();
 }
 
 /*
