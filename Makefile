@@ -5,6 +5,8 @@
 #   make test        install what is missing, build, install, run every test
 #   make demo        install what is missing, build, install, run the ledger demo
 #   make bench       run the benchmarks of bench/ and append to bench/RESULTS.md
+#   make test-citus  build Citus if missing, run the tests on a Citus cluster
+#                    (test/citus; not part of make test)
 
 EXTENSION  = webhook_outbox
 MODULE_big = webhook_outbox
@@ -63,9 +65,12 @@ all install installcheck:
 	@exit 1
 endif
 
-.PHONY: test demo bench fuzz
+.PHONY: test test-citus demo bench fuzz
 test:
 	./test/run
+
+test-citus:
+	./test/citus/run
 
 demo:
 	./demo/run
