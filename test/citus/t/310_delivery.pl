@@ -225,4 +225,27 @@ is($coordinator->safe_psql('postgres', q{
     SELECT count(*), count(*) FILTER (WHERE tenant = 'acme') FROM webhook.cluster_events}),
     '10|10', "in a tenant's scope, the cluster views show that tenant's rows alone");
 
+# An operator role reads the cluster views with the grants of the README's
+# "Running on Citus": Citus creates the role and carries the schema grant
+# to every node; each node's own views and webhook.node_rows are granted on
+# each node.
+$coordinator->safe_psql('postgres', q{
+    CREATE ROLE ledger_ops LOGIN;
+    GRANT USAGE ON SCHEMA webhook TO ledger_ops;
+    GRANT SELECT ON webhook.cluster_events, webhook.cluster_deliveries,
+                    webhook.cluster_attempts, webhook.cluster_queue_status,
+                    webhook.cluster_endpoint_health TO ledger_ops;
+    GRANT EXECUTE ON FUNCTION webhook.cluster_rows(text) TO ledger_ops;
+});
+is($coordinator->safe_psql('postgres', q{
+    SELECT string_agg(DISTINCT r.success::text, ',')
+      FROM unnest(ARRAY[
+          'GRANT EXECUTE ON FUNCTION webhook.node_rows(text, text) TO ledger_ops',
+          'GRANT SELECT ON webhook.events, webhook.deliveries, webhook.attempts,
+                           webhook.queue_status, webhook.endpoint_health TO ledger_ops']) g,
+           run_command_on_all_nodes(g) r}), 'true', 'granted on every node');
+is($coordinator->safe_psql('postgres',
+    'SET ROLE ledger_ops; SELECT count(DISTINCT node) FROM webhook.cluster_deliveries'),
+    '3', 'an operator role reads every node\'s history');
+
 done_testing();
