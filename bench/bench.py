@@ -23,7 +23,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Bench, CpuMeter, log, machine_description  # noqa: E402
-from scenarios import SCENARIOS, SIZES  # noqa: E402
+from scenarios import OPTIONAL, SCENARIOS, SIZES  # noqa: E402
 
 
 def fmt(value):
@@ -75,7 +75,7 @@ def markdown(rows, errors, info):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('scenarios', nargs='*', metavar='scenario',
-                        help='one or more of: %s (default: all)' % ', '.join(SCENARIOS))
+                        help='one or more of: %s (default: all but %s)' % (', '.join(SCENARIOS), ', '.join(sorted(OPTIONAL))))
     parser.add_argument('--runs', type=int, default=int(os.environ.get('BENCH_RUNS', 3)))
     parser.add_argument('--results', help='write the Markdown section here')
     parser.add_argument('--keep', action='store_true', help='keep the temporary directory')
@@ -85,7 +85,7 @@ def main():
                              'after each scenario (perturbs the figures a little)')
     args = parser.parse_args()
 
-    names = args.scenarios or list(SCENARIOS)
+    names = args.scenarios or [n for n in SCENARIOS if n not in OPTIONAL]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error('unknown scenario %s; known: %s' % (', '.join(unknown), ', '.join(SCENARIOS)))

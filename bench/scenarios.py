@@ -38,6 +38,7 @@ SIZES = {
     'TENANT_ENDPOINTS': 10,
     'ORDERED_EVENTS': 20000,        # ordered: unordered and 100 keys
     'ORDERED_ONE_KEY_EVENTS': 2000, # ordered: one key (one round trip each)
+    'CITUS_EVENTS': 20000,          # citus: rows (events) per run and placement
 }
 for _key in SIZES:
     SIZES[_key] = int(os.environ.get('BENCH_' + _key, SIZES[_key]))
@@ -827,6 +828,102 @@ def scenario_ordered(b, runs, context):
 
 # Run order for "all": history last (it leaves 10 million rows behind),
 # memory before it (it is long and needs no baseline).
+
+def scenario_citus(b, runs, context):
+    """Citus (not run by default: bench/run citus): a coordinator and two
+    worker nodes on this machine, beside the bench's own server (idle
+    meanwhile); a ledger table distributed by tenant whose trigger emits on
+    the node holding the row; CITUS_EVENTS rows written in one distributed
+    transaction, their tenants' shards all on one worker node, against
+    spread over both, alternated in the same run. Deliveries/s from commit
+    to the last arrival at nginx, and each node's delivery worker CPU per
+    delivery of the run."""
+    n = SIZES['CITUS_EVENTS']
+    conf = ["listen_addresses = '127.0.0.1'",
+            "shared_preload_libraries = 'citus,webhook_outbox'",
+            "citus.local_hostname = '127.0.0.1'", 'max_prepared_transactions = 20',
+            "shared_buffers = '256MB'"]
+    nodes, conns = [], []
+
+    def sql(i, query, args=None):
+        return b.sql(query, args, conn=conns[i])
+
+    def worker_cpu(i):
+        pids = [r[0] for r in sql(i, "SELECT pid FROM pg_stat_activity "
+                                     "WHERE backend_type = 'webhook_outbox worker'")]
+        return sum(process_cpu_seconds(p) for p in pids)
+
+    try:
+        for name in ('coordinator', 'worker1', 'worker2'):
+            root = os.path.join(b.root, 'citus-' + name)
+            os.makedirs(root)
+            nodes.append(Postgres(root, conf))
+            admin = nodes[-1].connect('postgres')
+            admin.cursor().execute('CREATE DATABASE bench')
+            admin.close()
+            conns.append(nodes[-1].connect())
+            sql(len(conns) - 1, 'CREATE EXTENSION citus')
+        sql(0, "SELECT citus_set_coordinator_host('127.0.0.1', %s)", (nodes[0].port,))
+        for node in nodes[1:]:
+            sql(0, "SELECT citus_add_node('127.0.0.1', %s)", (node.port,))
+        sql(0, 'CREATE EXTENSION webhook_outbox')
+        sql(0, 'CREATE TABLE journal_entries (tenant text NOT NULL, entry bigint NOT NULL, '
+               'amount numeric NOT NULL, PRIMARY KEY (tenant, entry))')
+        sql(0, 'SET citus.enable_unsafe_triggers = on')
+        sql(0, "SELECT create_distributed_table('journal_entries', 'tenant')")
+        sql(0, "CREATE TRIGGER journal_entries_emit AFTER INSERT ON journal_entries FOR EACH ROW "
+               "EXECUTE FUNCTION webhook.emit_trigger('journal_entry.posted', 'tenant=tenant')")
+        sql(0, 'SELECT webhook.create_webhook(%s)', (b.nginx.url(),))
+        for i in range(3):
+            wait_until(lambda: sql(i, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                      "backend_type = 'webhook_outbox worker'")[0][0] == 1,
+                       60, 0.2, 'the delivery worker of Citus node %d' % i)
+
+        on_node = {}
+        for t in range(400):
+            port = sql(0, 'SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = '
+                          "get_shard_id_for_distribution_column('journal_entries', %s)",
+                       ('t%d' % t,))[0][0]
+            on_node.setdefault(port, []).append('t%d' % t)
+        placements = {'one worker node': on_node[nodes[1].port][:8],
+                      'two worker nodes': on_node[nodes[1].port][:4] + on_node[nodes[2].port][:4]}
+        next_entry = [0]
+
+        def run(tenants):
+            start_requests = b.nginx.requests()
+            before = [worker_cpu(i) for i in range(3)]
+            sql(0, 'INSERT INTO journal_entries SELECT (%s::text[])[1 + g %% %s], %s + g, 1 '
+                   'FROM generate_series(1, %s) g',
+                (tenants, len(tenants), next_entry[0], n))
+            t0 = time.time()
+            next_entry[0] += n
+            wait_until(lambda: b.nginx.requests() - start_requests >= n, 600, 0.05,
+                       '%d deliveries from the Citus nodes' % n)
+            rate = n / (time.time() - t0)
+            return rate, [1e6 * (worker_cpu(i) - before[i]) / n for i in range(3)]
+
+        run(placements['two worker nodes'])     # warm-up
+        results = {label: ([], []) for label in placements}
+        for r in range(runs):
+            for label, tenants in placements.items():
+                rate, cpu = run(tenants)
+                results[label][0].append(rate)
+                results[label][1].append(cpu)
+                log('citus run %d, %s: %.0f deliveries/s; worker CPU per delivery (us): '
+                    'coordinator %.0f, worker1 %.0f, worker2 %.0f' % ((r + 1, label, rate) + tuple(cpu)))
+    finally:
+        for conn in conns:
+            conn.close()
+        for node in nodes:
+            node.stop()
+    rows = []
+    for label, (rates, cpus) in results.items():
+        note = 'worker CPU per delivery, us (worker1/worker2) by run: %s' % ', '.join(
+            '%.0f/%.0f' % (c[1], c[2]) for c in cpus)
+        rows.append(row('citus', '%d events, shards on %s' % (n, label), 'deliveries/s', 'report',
+                        rates, 'higher', None, note))
+    return rows
+
 SCENARIOS = {
     'ceiling': scenario_ceiling,
     'drain': scenario_drain,
@@ -842,6 +939,10 @@ SCENARIOS = {
     'workers': scenario_workers,
     'idle_endpoints': scenario_idle_endpoints,
     'ordered': scenario_ordered,
+    'citus': scenario_citus,
     'memory': scenario_memory,
     'history': scenario_history,
 }
+
+# Run only when named: they need more than the bench installs by default.
+OPTIONAL = {'citus'}
