@@ -180,6 +180,29 @@ $coordinator->safe_psql('postgres', "SELECT webhook.delete_webhook('$acme_id')")
 is($_->safe_psql('postgres', "SELECT count(*) FROM webhook.endpoints WHERE id = '$acme_id'"),
     '0', $_->name . ': the deleted endpoint is gone there too') for @workers;
 
+# The breaker is each node's: a receiver that answers 410 to a worker
+# node's delivery disables the endpoint there alone; re-enabled on the
+# coordinator, it is enabled everywhere again.
+my ($gone_id) = create_endpoint($coordinator, $receiver->url('/status/410'),
+    event_types => "ARRAY['invoice.*']");
+$coordinator->safe_psql('postgres', "SELECT public.pay_invoice('t3', 78)");
+my ($gone_node) = grep { citus_node_name($_) eq $paid_node } @workers;
+ok($gone_node->poll_query_until('postgres',
+    "SELECT NOT enabled FROM webhook.endpoints WHERE id = '$gone_id'"),
+    'a 410 disables the endpoint on the worker node that delivered');
+is($coordinator->safe_psql('postgres',
+    "SELECT enabled FROM webhook.endpoints WHERE id = '$gone_id'"),
+    't', 'not on the coordinator');
+is($coordinator->safe_psql('postgres', "SELECT string_agg(node || ' ' || enabled, ',' ORDER BY node)
+      FROM webhook.cluster_endpoint_health WHERE id = '$gone_id' AND NOT enabled"),
+    "$paid_node false", 'cluster_endpoint_health shows where it is disabled');
+$coordinator->safe_psql('postgres',
+    "SELECT webhook.update_webhook('$gone_id', enabled => true)");
+is($gone_node->safe_psql('postgres',
+    "SELECT enabled FROM webhook.endpoints WHERE id = '$gone_id'"),
+    't', 'update_webhook on the coordinator enables it there again');
+$coordinator->safe_psql('postgres', "SELECT webhook.delete_webhook('$gone_id')");
+
 # A worker node whose copy went astray is repaired from the coordinator.
 $workers[0]->safe_psql('postgres', qq{
     SET session_replication_role = replica;   -- past the trigger, as a stray edit
