@@ -2434,8 +2434,10 @@ AS $$
 DECLARE
     v_rows json;
 BEGIN
-    IF relation IS NULL OR relation NOT IN
-       ('events', 'deliveries', 'attempts', 'queue_status', 'endpoint_health') THEN
+    IF relation IS NULL THEN
+        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF relation NOT IN ('events', 'deliveries', 'attempts', 'queue_status', 'endpoint_health') THEN
         RAISE EXCEPTION 'relation "%" is not a webhook history or operator view', relation
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
