@@ -248,6 +248,18 @@ is($coordinator->safe_psql('postgres', q{
     SELECT count(*), count(*) FILTER (WHERE tenant = 'acme') FROM webhook.cluster_events}),
     '10|10', "in a tenant's scope, the cluster views show that tenant's rows alone");
 
+# A worker node that cannot be reached fails a change of the catalog, as it
+# fails DDL: no node is left with a copy the others lack.
+$workers[1]->stop('fast');
+my ($ret, $stdout, $stderr) = $coordinator->psql('postgres',
+    "SELECT webhook.create_webhook('https://example.com/while-down')");
+isnt($ret, 0, 'create_webhook fails while a worker node is down');
+like($stderr, qr/127\.0\.0\.1:${\ $workers[1]->port}/, 'naming that node');
+$workers[1]->start;
+is(join(',', map { $_->safe_psql('postgres',
+        "SELECT count(*) FROM webhook.endpoints WHERE url LIKE '%while-down'") } @nodes),
+    '0,0,0', 'and nothing of it is on any node');
+
 # An operator role reads the cluster views with the grants of the README's
 # "Running on Citus": Citus creates the role and carries the schema grant
 # to every node; each node's own views and webhook.node_rows are granted on
