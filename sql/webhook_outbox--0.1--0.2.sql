@@ -617,6 +617,10 @@ ALTER TABLE webhook.delivery_log
 --   without one could not take its endpoint's slot anyway;
 -- - the event is joined by one key look-up per row taken, whatever the
 --   planner estimates (0.1 could read the whole event log for 64 rows);
+-- - each endpoint's first due delivery is read first, and only the
+--   endpoints whose first is among the max_rows earliest are read further
+--   (0.1 read every busy endpoint's share: with thousands of busy
+--   endpoints, most of a second per fetch);
 -- - with webhook.workers > 1, a worker takes the deliveries of the
 --   endpoints it owns (worker_index of worker_count, by a hash of the id);
 -- and it returns what the worker needs besides: the delivery's count of
@@ -646,6 +650,51 @@ BEGIN ATOMIC
     ), position AS (
         SELECT p.endpoint_id, p.at, p.event_id
           FROM unnest(after_endpoints, after_at, after_events) AS p(endpoint_id, at, event_id)
+    ), candidates AS MATERIALIZED (
+        -- Each endpoint this worker serves that may take more, with how
+        -- many more (take) and its first due delivery: one key look-up per
+        -- endpoint, however long its backlog.
+        SELECT ep.id, ep.tenant, ep.rate_limit, ep.url, ep.secret,
+               CASE WHEN ep.previous_secret_expires_at > now()
+                    THEN ep.previous_secret END AS previous_secret,
+               ep.headers, p.at AS after_at, p.event_id AS after_event, t.take,
+               f.next_attempt_at AS first_at, f.event_id AS first_event
+          FROM webhook.endpoints ep
+          LEFT JOIN load l ON l.endpoint_id = ep.id
+          LEFT JOIN position p ON p.endpoint_id = ep.id
+         CROSS JOIN LATERAL (
+                SELECT least(greatest(CASE WHEN ep.id = ANY (probe_endpoints) THEN 1
+                                           ELSE per_endpoint END
+                                      - coalesce(l.n, 0), 0), max_rows) AS take) t
+         CROSS JOIN LATERAL (
+                SELECT d.next_attempt_at, d.event_id
+                  FROM webhook.delivery_log d
+                 WHERE d.endpoint_id = ep.id
+                   AND d.status = 'pending'
+                   AND (d.next_attempt_at, d.event_id) >
+                       (coalesce(p.at, '-infinity'),
+                        coalesce(p.event_id, '00000000-0000-0000-0000-000000000000'))
+                   AND d.next_attempt_at <= now()
+                   AND (d.event_id, d.endpoint_id) NOT IN
+                       (SELECT b.event_id, b.endpoint_id FROM busy b)
+                   AND EXISTS (SELECT 1 FROM webhook.event_log e WHERE e.id = d.event_id)
+                 ORDER BY d.next_attempt_at, d.event_id
+                 LIMIT 1) f
+         WHERE ep.enabled AND (ep.expires_at IS NULL OR ep.expires_at > now())
+           AND ep.id <> ALL (blocked_endpoints)
+           AND t.take > 0
+           -- the endpoints this worker owns (webhook.workers)
+           AND (worker_count = 1 OR
+                mod(hashtext(ep.id::text)::bigint + 2147483648, worker_count) = worker_index)
+    ), bound AS (
+        -- The max_rows-th first delivery: each endpoint whose first comes
+        -- no later gives a row no later, so the max_rows rows taken all
+        -- come no later than it, and endpoints whose first comes later are
+        -- not read further (with thousands of busy endpoints, reading each
+        -- one's whole share cost a second per fetch). None: take from all.
+        SELECT c.first_at, c.first_event FROM candidates c
+         ORDER BY c.first_at, c.first_event
+        OFFSET greatest(max_rows - 1, 0) LIMIT 1
     )
     -- The event is joined, and its payload turned into text, only for the
     -- max_rows rows taken, not for every candidate.
@@ -654,24 +703,21 @@ BEGIN ATOMIC
            q.url, q.secret, q.previous_secret, q.headers, q.next_attempt_at,
            q.manual_requests, q.tenant, q.rate_limit, q.order_key IS NOT NULL
       FROM (SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
-                   d.next_attempt_at, d.manual_requests, ep.tenant, ep.rate_limit, d.order_key,
-                   ep.url, ep.secret,
-                   CASE WHEN ep.previous_secret_expires_at > now()
-                        THEN ep.previous_secret END AS previous_secret,
-                   ep.headers
-              FROM webhook.endpoints ep
-              LEFT JOIN load l ON l.endpoint_id = ep.id
-              LEFT JOIN position p ON p.endpoint_id = ep.id
+                   d.next_attempt_at, d.manual_requests, c.tenant, c.rate_limit, d.order_key,
+                   c.url, c.secret, c.previous_secret, c.headers
+              FROM candidates c
+              LEFT JOIN bound b ON true
              CROSS JOIN LATERAL (
                     SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
                            d.next_attempt_at, d.manual_requests, d.order_key
                       FROM webhook.delivery_log d
-                     WHERE d.endpoint_id = ep.id
+                     WHERE d.endpoint_id = c.id
                        AND d.status = 'pending'
-                       AND (d.next_attempt_at, d.event_id) >
-                           (coalesce(p.at, '-infinity'),
-                            coalesce(p.event_id, '00000000-0000-0000-0000-000000000000'))
+                       AND (d.next_attempt_at, d.event_id) >=
+                           (c.first_at, c.first_event)
                        AND d.next_attempt_at <= now()
+                       AND (b.first_at IS NULL OR
+                            (d.next_attempt_at, d.event_id) <= (b.first_at, b.first_event))
                        -- NOT IN, not NOT EXISTS: a hashed look-up per row
                        -- rather than a scan of everything the worker holds.
                        AND (d.event_id, d.endpoint_id) NOT IN
@@ -681,15 +727,8 @@ BEGIN ATOMIC
                        -- slot and then be dropped by the join below.
                        AND EXISTS (SELECT 1 FROM webhook.event_log e WHERE e.id = d.event_id)
                      ORDER BY d.next_attempt_at, d.event_id
-                     LIMIT least(greatest(
-                               CASE WHEN ep.id = ANY (probe_endpoints) THEN 1
-                                    ELSE per_endpoint END
-                               - coalesce(l.n, 0), 0), max_rows)) d
-             WHERE ep.enabled AND (ep.expires_at IS NULL OR ep.expires_at > now())
-               AND ep.id <> ALL (blocked_endpoints)
-               -- the endpoints this worker owns (webhook.workers)
-               AND (worker_count = 1 OR
-                    mod(hashtext(ep.id::text)::bigint + 2147483648, worker_count) = worker_index)
+                     LIMIT c.take) d
+             WHERE b.first_at IS NULL OR (c.first_at, c.first_event) <= (b.first_at, b.first_event)
              -- A total order: what max_rows leaves out of an endpoint's rows
              -- is always their tail, so the position after the last one
              -- taken skips nothing.
