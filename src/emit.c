@@ -60,7 +60,8 @@
 typedef enum EmitStatement
 {
 	EMIT_INSERT_0_1,			/* the 0.1 event_log */
-	EMIT_INSERT_0_2,			/* the 0.2 event_log */
+	EMIT_INSERT_0_2,			/* the 0.2 event_log, with an idempotency key */
+	EMIT_INSERT_0_2_NO_KEY,		/* the 0.2 event_log, without one */
 	EMIT_FIND_KEY,				/* the event holding (tenant, key) */
 	EMIT_FIND_KEY_NO_TENANT,	/* the event holding (NULL, key) */
 	EMIT_STATEMENT_COUNT
@@ -99,6 +100,23 @@ static const struct
 		"AND c.database_oid OPERATOR(pg_catalog.=) $9)) "
 		"ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL "
 		"DO NOTHING",
+		9, {UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
+		INT8OID, OIDOID}
+	},
+
+	/*
+	 * The same without a key, the usual case: no conflict is possible, and
+	 * an insert that may meet one (speculative insertion) costs more.
+	 */
+	[EMIT_INSERT_0_2_NO_KEY] = {
+		"INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid, "
+		"tenant, ordering_key, idempotency_key) "
+		"SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id(), $5, $6, $7 "
+		"WHERE EXISTS (SELECT 1 FROM webhook.event_types t "
+		"WHERE t.name OPERATOR(pg_catalog.=) $2) "
+		"AND NOT EXISTS (SELECT 1 FROM webhook.dispatch_cursor c "
+		"WHERE NOT (c.system_identifier OPERATOR(pg_catalog.=) $8 "
+		"AND c.database_oid OPERATOR(pg_catalog.=) $9))",
 		9, {UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
 		INT8OID, OIDOID}
 	},
@@ -407,7 +425,9 @@ emit_record(EmitRequest *request)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = emit_plan(request->schema == EMIT_SCHEMA_0_1 ? EMIT_INSERT_0_1 : EMIT_INSERT_0_2);
+	plan = emit_plan(request->schema == EMIT_SCHEMA_0_1 ? EMIT_INSERT_0_1 :
+					 request->idempotency_key != NULL ? EMIT_INSERT_0_2 :
+					 EMIT_INSERT_0_2_NO_KEY);
 	rc = SPI_execute_plan(plan, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
