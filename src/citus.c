@@ -120,8 +120,12 @@ webhook_propagate_catalog_change(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
 		elog(ERROR, "webhook_propagate_catalog_change: not called as a row trigger");
 
-	/* the coordinator's own change arriving, or a node's worker's state */
-	if (citus_applying > 0 || IsBackgroundWorker || !citus_lookup())
+	/*
+	 * The coordinator's own change arriving, a node's worker's state, or an
+	 * extension script (Citus runs CREATE and ALTER EXTENSION on every node
+	 * itself): nothing to send, nothing to refuse.
+	 */
+	if (citus_applying > 0 || IsBackgroundWorker || creating_extension || !citus_lookup())
 		return PointerGetDatum(NULL);
 
 	if (!citus_api.is_coordinator())
