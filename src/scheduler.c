@@ -7,7 +7,9 @@
  *
  *		- the endpoint's circuit breaker, open while the endpoint fails as
  *		  a whole (SCHEDULER_BREAKER_FAILURES endpoint-level failures in a
- *		  row: no connection, a timeout, 502/503/504 without Retry-After),
+ *		  row: no connection, a timeout, 502/503/504 without Retry-After;
+ *		  and no answer for SCHEDULER_BREAKER_QUIET_US, so that a gateway
+ *		  failing one request in ten among many does not trip it),
  *		  letting through one probe at a time after a cool-off that grows
  *		  from SCHEDULER_COOL_OFF_MIN_MS to SCHEDULER_COOL_OFF_MAX_MS, with
  *		  jitter; any answer of the endpoint closes it. A failure of one
@@ -36,6 +38,7 @@
 #include "scheduler.h"
 
 #define SCHEDULER_BREAKER_FAILURES 3
+#define SCHEDULER_BREAKER_QUIET_US ((int64) 250 * 1000)
 #define SCHEDULER_COOL_OFF_MIN_MS 500
 #define SCHEDULER_COOL_OFF_MAX_MS 2000
 #define SCHEDULER_FORGET_AFTER_US ((int64) 60 * USECS_PER_SEC)
@@ -60,6 +63,7 @@ typedef struct EndpointState
 
 	/* the circuit breaker */
 	int			failures_in_a_row;	/* endpoint-level, since it last answered */
+	TimestampTz answered_at;	/* when it last answered (0: not yet) */
 	bool		open;
 	bool		probing;		/* open: a probe is in flight */
 	TimestampTz probe_at;		/* open: when the next probe may start */
@@ -353,6 +357,7 @@ scheduler_finished(const Delivery *d, TimestampTz now)
 	{
 		/* It answered: it is up, whatever it thought of this message. */
 		state->failures_in_a_row = 0;
+		state->answered_at = now;
 		state->open = false;
 		state->probing = false;
 		state->cool_off_ms = SCHEDULER_COOL_OFF_MIN_MS;
@@ -366,7 +371,8 @@ scheduler_finished(const Delivery *d, TimestampTz now)
 		state->probing = false;
 		state->cool_off_ms = Min(state->cool_off_ms * 2, SCHEDULER_COOL_OFF_MAX_MS);
 	}
-	else if (state->failures_in_a_row >= SCHEDULER_BREAKER_FAILURES)
+	else if (state->failures_in_a_row >= SCHEDULER_BREAKER_FAILURES &&
+			 now - state->answered_at >= SCHEDULER_BREAKER_QUIET_US)
 	{
 		state->open = true;
 		state->probing = false;

@@ -10,6 +10,8 @@ read.  The path chooses the answer, so one receiver serves many endpoints:
   /fail-each/<n>[/...]                 500 for the first n requests of each webhook-id, then 200
   /fail-type/<event type>[/...]        500 for events of that type (X-Webhook-Event), 200 for others
   /flaky/<percent>[/...]               500 for that share of requests, at random; else 200
+  /blip/<every>/<n>/<key...>           a gateway's hiccups: 503 for n requests in a row out of
+                                       each <every>, from the second request to the path; else 200
   /retry-after/<s>/<n>/<key...>        429 with Retry-After: <s> for the first n, then 200
                                        (?status=503: 503 instead of 429)
   /hang[/...]                          never answers (until the client leaves, or 600 s)
@@ -67,6 +69,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 event = self.headers.get("webhook-id", "")
                 failing = self.server.count(self.path + "#" + event) <= int(parts[1])
                 self.answer(500 if failing else 200, b"fail" if failing else b"ok")
+            elif parts[0] == "blip" and len(parts) >= 4:
+                count = self.server.count(self.path)
+                failing = count >= 2 and (count - 2) % int(parts[1]) < int(parts[2])
+                self.answer(503 if failing else 200, b"blip" if failing else b"ok")
             elif parts[0] == "flaky" and len(parts) >= 2:
                 failing = random.random() * 100 < float(parts[1])
                 self.answer(500 if failing else 200, b"fail" if failing else b"ok")

@@ -8,6 +8,8 @@
 #   when it answers.
 # - Retry-After on a 429 holds the whole endpoint.
 # - rate_limit is never exceeded over any one-second window.
+# - A gateway's hiccups (a few 503s in a row from an endpoint that answers
+#   otherwise) do not open the breaker.
 
 use strict;
 use warnings;
@@ -149,6 +151,47 @@ cmp_ok($arrivals[-1] - $arrivals[0], '>=', 5.0, '... so 30 took at least 5 s');
 is( $node->safe_psql('postgres',
         "SELECT count(*) FROM webhook.deliveries WHERE endpoint_id = '$limited' AND attempts = 1"),
     '30', '... none failed for it: they waited');
+
+# ---------------------------------------------------------------------------
+# A gateway's hiccups
+# ---------------------------------------------------------------------------
+
+# Three 503s in a row out of every 20 requests, one request at a time so
+# that nothing else in flight can answer meanwhile. Were each hiccup to
+# open the breaker, the next request would wait for a probe (0.4 s or more,
+# five times over); the endpoint answered a moment before, so it stays
+# closed, and the 503s follow their own schedules.
+$node->safe_psql('postgres', q{
+    ALTER SYSTEM SET webhook.endpoint_concurrency = 1;
+    SELECT pg_reload_conf();
+});
+my ($gateway) = create_endpoint($node, $receiver->url('/blip/20/3/gateway'),
+    event_types => "ARRAY['journal_entry.*']");
+$node->safe_psql('postgres', q{
+    SELECT webhook.emit('journal_entry.posted', jsonb_build_object('n', n))
+      FROM generate_series(1, 100) AS n});
+ok( defined settle_within(20, "SELECT count(*) = 100 FROM webhook.deliveries
+                                WHERE endpoint_id = '$gateway' AND status = 'succeeded'"),
+    'every event behind the hiccuping gateway is delivered');
+# The attempts in the order they started: after each run of three 503s,
+# how long until the next one started.
+my @attempts = map { [ split /\|/ ] } split /\n/, $node->safe_psql('postgres', qq{
+    SELECT extract(epoch FROM started_at), status_code FROM webhook.attempts
+     WHERE endpoint_id = '$gateway' ORDER BY started_at});
+my @after_hiccup;
+for my $i (3 .. $#attempts)
+{
+    push @after_hiccup, $attempts[$i][0] - $attempts[ $i - 1 ][0]
+      if 3 == grep { $attempts[ $i - $_ ][1] == 503 } 1 .. 3;
+}
+cmp_ok(scalar(@after_hiccup), '>=', 3, 'the gateway answered 503 three times in a row, again and again');
+my $median = (sort { $a <=> $b } @after_hiccup)[ int(@after_hiccup / 2) ];
+cmp_ok($median, '<', 0.3,
+    sprintf('the next request went at once, not after a probe\'s cool-off (median wait %.3f s)', $median));
+$node->safe_psql('postgres', q{
+    ALTER SYSTEM RESET webhook.endpoint_concurrency;
+    SELECT pg_reload_conf();
+});
 
 $revived->stop;
 $receiver->stop;
