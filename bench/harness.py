@@ -184,8 +184,9 @@ class Postgres:
 
 
 class Nginx:
-    """nginx answering 204 to everything on `count` loopback ports (500 to
-    one request in ten under /flaky), plus a
+    """nginx answering 204 to everything on `count` loopback ports (503 to
+    one request in ten under /flaky, as a load balancer would; 500 under
+    /flaky500, after which nginx closes the connection), plus a
     stub_status port that counts requests (progress without asking the
     database)."""
 
@@ -197,7 +198,8 @@ class Nginx:
         self.status_polls = 0
         servers = '\n'.join(
             '    server { listen 127.0.0.1:%d reuseport backlog=4096; location / { return 204; }'
-            ' location /flaky { if ($flaky) { return 500; } return 204; } }' % p
+            ' location /flaky { if ($flaky) { return 503; } return 204; }'
+            ' location /flaky500 { if ($flaky) { return 500; } return 204; } }' % p
             for p in self.ports)
         temp = ''.join('    %s_temp_path %s/%s;\n' % (t, self.dir, t)
                        for t in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
@@ -213,7 +215,7 @@ events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 10000000;
-    # /flaky: one request in ten fails, as behind a load balancer that drops some
+    # /flaky, /flaky500: one request in ten fails, as behind a load balancer that drops some
     split_clients "${request_id}" $flaky { 10%% 1; * 0; }
     keepalive_timeout 300s;
     client_body_buffer_size 64k;

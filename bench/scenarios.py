@@ -703,50 +703,60 @@ def scenario_ledger(b, runs, context):
 
 
 def scenario_flaky(b, runs, context):
-    """DRAIN_EVENTS deliveries to an endpoint that fails one request in ten
-    (nginx /flaky): the rate of its successful share, against the same
-    drain to a healthy endpoint in the same run. Failed tries are retried
-    on their own schedule (5 s later); the others must not wait for them."""
+    """DRAIN_EVENTS deliveries to an endpoint that fails one request in ten:
+    the rate of its successful share, against the same drain to a healthy
+    endpoint in the same run. Two such endpoints, alternated: a load
+    balancer's 503 (nginx /flaky; the target), and nginx's own 500 (/flaky500),
+    after which nginx closes the connection, so that one request in ten
+    pays a new one. Failed tries are retried on their own schedule (5 s
+    later); the others must not wait for them."""
     n = SIZES['DRAIN_EVENTS']
     healthy = b.create_endpoint(b.nginx.url(0))
-    flaky = b.create_endpoint(b.nginx.url(1, '/flaky'))
-    b.set_enabled(flaky, False)
+    flaky = {'503': b.create_endpoint(b.nginx.url(1, '/flaky')),
+             '500': b.create_endpoint(b.nginx.url(2, '/flaky500'))}
+    for endpoint in flaky.values():
+        b.set_enabled(endpoint, False)
     warm_up(b, [healthy])
-    healthy_rates, flaky_rates, ratios = [], [], []
+    healthy_rates = []
+    rates = {code: [] for code in flaky}
+    ratios = {code: [] for code in flaky}
     for r in range(runs):
-        b.set_enabled(flaky, False)
         healthy_rates.append(drain_once(b, healthy, n))
         b.set_enabled(healthy, False)
-        b.set_enabled(flaky, False)
         since = emit_dispatched(b, n)
-        b.set_enabled(flaky, True)
-        b.vacuum()
-        queued = b.one('SELECT webhook.replay(%s, %s)', (flaky, since))
-        t0 = time.time()
-        if queued != n:
-            raise RuntimeError('replay queued %d deliveries, expected %d' % (queued, n))
-        # Every first try, then the rate of those that succeeded.
-        wait_until(lambda: b.one("SELECT count(*) FROM webhook.delivery_log "
-                                 "WHERE endpoint_id = %s AND created_at >= %s "
-                                 "AND (attempts >= 1 OR status <> 'pending')",
-                                 (flaky, since)) >= n, 600, 0.25, 'every first try')
-        ok, last = b.sql("SELECT count(*), extract(epoch FROM max(started_at + duration_ms * "
-                         "interval '1 ms'))::float8 FROM webhook.attempt_log "
-                         "WHERE endpoint_id = %s AND attempt = 1 AND started_at >= %s "
-                         "AND status_code BETWEEN 200 AND 299", (flaky, since))[0]
-        flaky_rates.append(ok / (last - t0))
-        ratios.append(flaky_rates[-1] / healthy_rates[-1])
-        log('flaky run %d: healthy %.0f/s, flaky endpoint\'s successes %.0f/s (%d of %d first tries)'
-            % (r + 1, healthy_rates[-1], flaky_rates[-1], ok, n))
+        for code, endpoint in flaky.items():
+            b.set_enabled(endpoint, True)
+            b.vacuum()
+            queued = b.one('SELECT webhook.replay(%s, %s)', (endpoint, since))
+            t0 = time.time()
+            if queued != n:
+                raise RuntimeError('replay queued %d deliveries, expected %d' % (queued, n))
+            # Every first try, then the rate of those that succeeded.
+            wait_until(lambda: b.one("SELECT count(*) FROM webhook.delivery_log "
+                                     "WHERE endpoint_id = %s AND created_at >= %s "
+                                     "AND (attempts >= 1 OR status <> 'pending')",
+                                     (endpoint, since)) >= n, 600, 0.25, 'every first try')
+            ok, last = b.sql("SELECT count(*), extract(epoch FROM max(started_at + duration_ms * "
+                             "interval '1 ms'))::float8 FROM webhook.attempt_log "
+                             "WHERE endpoint_id = %s AND attempt = 1 AND started_at >= %s "
+                             "AND status_code BETWEEN 200 AND 299", (endpoint, since))[0]
+            rates[code].append(ok / (last - t0))
+            ratios[code].append(rates[code][-1] / healthy_rates[-1])
+            log('flaky run %d: healthy %.0f/s, %s endpoint\'s successes %.0f/s (%d of %d first tries)'
+                % (r + 1, healthy_rates[-1], code, rates[code][-1], ok, n))
+            b.set_enabled(endpoint, False)
+            b.sql("UPDATE webhook.delivery_log SET status = 'cancelled' "
+                  "WHERE endpoint_id = %s AND status = 'pending'", (endpoint,))
         b.set_enabled(healthy, True)
-        b.sql("UPDATE webhook.delivery_log SET status = 'cancelled' "
-              "WHERE endpoint_id = %s AND status = 'pending'", (flaky,))
     b.delete_endpoints()
     return [row('flaky', 'drain of %d, healthy endpoint (alternated)' % n, 'deliveries/s',
                 'baseline', healthy_rates, 'higher', None),
-            row('flaky', 'drain of %d, 1 in 10 failing: successful share' % n, 'deliveries/s',
-                '>= 90% of healthy', flaky_rates, 'higher', 0.9 * median(healthy_rates),
-                'ratio per run: %s' % ', '.join('%.2f' % x for x in ratios))]
+            row('flaky', 'drain of %d, 1 in 10 answered 503: successful share' % n, 'deliveries/s',
+                '>= 90% of healthy', rates['503'], 'higher', 0.9 * median(healthy_rates),
+                'ratio per run: %s' % ', '.join('%.2f' % x for x in ratios['503'])),
+            row('flaky', 'drain of %d, 1 in 10 answered 500, connection closed: successful share' % n,
+                'deliveries/s', 'report', rates['500'], 'higher', None,
+                'ratio per run: %s' % ', '.join('%.2f' % x for x in ratios['500']))]
 
 
 def scenario_tenants(b, runs, context):
