@@ -259,32 +259,40 @@ def scenario_latency(b, runs, context):
     return rows
 
 
+def alternated_latency(b, runs, scenario, variants):
+    """Commit -> arrival at 1,000 events/s under each of variants, alternated
+    in the same run: (label, prepare) pairs, prepare() setting the variant
+    up and returning drive()'s further arguments. Rows of p50 and p99 per
+    variant."""
+    b.create_endpoint(b.receiver.url())
+    drive(b, 100, 2)                # warm-up
+    seconds = SIZES['LATENCY_SECONDS']
+    results = {label: ([], []) for label, _ in variants}
+    for r in range(runs):
+        for label, prepare in variants:
+            latencies, achieved = drive(b, 1000, seconds, **prepare())
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            results[label][0].append(p50)
+            results[label][1].append(p99)
+            log('%s run %d, %s (achieved %.0f/s): p50 %.2f ms, p99 %.2f ms'
+                % (scenario, r + 1, label, achieved, p50, p99))
+    b.delete_endpoints()
+    rows = []
+    for label, _ in variants:
+        p50s, p99s = results[label]
+        rows.append(row(scenario, 'p50 at 1000/s, %s' % label, 'ms', 'report', p50s, 'lower', None))
+        rows.append(row(scenario, 'p99 at 1000/s, %s' % label, 'ms', 'report', p99s, 'lower', None))
+    return rows
+
+
 def scenario_latency_async(b, runs, context):
     """What durable-before-delivered costs: commit -> arrival at 1,000
     events/s with the emitters on synchronous_commit = on (their commits
     are durable when they return) and off (the worker flushes the WAL
     before it sends what it dispatched), alternated in the same run."""
-    endpoint = b.create_endpoint(b.receiver.url())
-    drive(b, 100, 2)                # warm-up
-    seconds = SIZES['LATENCY_SECONDS']
-    results = {'on': ([], []), 'off': ([], [])}
-    for r in range(runs):
-        for mode in ('on', 'off'):
-            latencies, achieved = drive(b, 1000, seconds, synchronous_commit=mode)
-            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-            results[mode][0].append(p50)
-            results[mode][1].append(p99)
-            log('latency_async run %d, synchronous_commit = %s (achieved %.0f/s): '
-                'p50 %.2f ms, p99 %.2f ms' % (r + 1, mode, achieved, p50, p99))
-    b.delete_endpoints()
-    rows = []
-    for mode in ('on', 'off'):
-        p50s, p99s = results[mode]
-        rows.append(row('latency_async', 'p50 at 1000/s, emitters synchronous_commit = %s' % mode,
-                        'ms', 'report', p50s, 'lower', None))
-        rows.append(row('latency_async', 'p99 at 1000/s, emitters synchronous_commit = %s' % mode,
-                        'ms', 'report', p99s, 'lower', None))
-    return rows
+    return alternated_latency(b, runs, 'latency_async', [
+        ('emitters synchronous_commit = %s' % mode,
+         lambda mode=mode: {'synchronous_commit': mode}) for mode in ('on', 'off')])
 
 
 def scenario_latency_syncrep(b, runs, context):
@@ -301,35 +309,16 @@ def scenario_latency_syncrep(b, runs, context):
                                  "application_name = 'standby' AND sync_state = %s",
                                  ('sync' if names else 'async',)) == 1, 60, 0.2,
                    'the standby to be %s' % ('synchronous' if names else 'asynchronous'))
+        return {}
     try:
         synchronous('')
-        endpoint = b.create_endpoint(b.receiver.url())
-        drive(b, 100, 2)                # warm-up
-        seconds = SIZES['LATENCY_SECONDS']
-        results = {'': ([], []), 'standby': ([], [])}
-        for r in range(runs):
-            for names in ('', 'standby'):
-                synchronous(names)
-                latencies, achieved = drive(b, 1000, seconds)
-                p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-                results[names][0].append(p50)
-                results[names][1].append(p99)
-                log('latency_syncrep run %d, %s (achieved %.0f/s): p50 %.2f ms, p99 %.2f ms'
-                    % (r + 1, 'synchronous standby' if names else 'no synchronous standby',
-                       achieved, p50, p99))
-        b.delete_endpoints()
+        return alternated_latency(b, runs, 'latency_syncrep', [
+            ('no synchronous standby', lambda: synchronous('')),
+            ('a synchronous standby', lambda: synchronous('standby'))])
     finally:
         b.sql('ALTER SYSTEM RESET synchronous_standby_names')
         b.sql('SELECT pg_reload_conf()')
         standby.stop()
-    rows = []
-    for names in ('', 'standby'):
-        what = 'a synchronous standby' if names else 'no synchronous standby'
-        rows.append(row('latency_syncrep', 'p50 at 1000/s, %s' % what, 'ms', 'report',
-                        results[names][0], 'lower', None))
-        rows.append(row('latency_syncrep', 'p99 at 1000/s, %s' % what, 'ms', 'report',
-                        results[names][1], 'lower', None))
-    return rows
 
 
 def scenario_workers(b, runs, context):

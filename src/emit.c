@@ -67,6 +67,24 @@ typedef enum EmitStatement
 	EMIT_STATEMENT_COUNT
 } EmitStatement;
 
+/*
+ * The 0.2 insert: refused while a dispatch cursor of another server or
+ * database remains (the outbox was restored from elsewhere and the worker
+ * has not re-based it yet: a new event could be confused with the restored
+ * ones), and when the event type is not in the catalog.
+ */
+#define EMIT_INSERT_0_2_SQL \
+	"INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid, " \
+	"tenant, ordering_key, idempotency_key) " \
+	"SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id(), $5, $6, $7 " \
+	"WHERE EXISTS (SELECT 1 FROM webhook.event_types t " \
+	"WHERE t.name OPERATOR(pg_catalog.=) $2) " \
+	"AND NOT EXISTS (SELECT 1 FROM webhook.dispatch_cursor c " \
+	"WHERE NOT (c.system_identifier OPERATOR(pg_catalog.=) $8 " \
+	"AND c.database_oid OPERATOR(pg_catalog.=) $9))"
+#define EMIT_INSERT_0_2_TYPES \
+	{UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, OIDOID}
+
 static const struct
 {
 	const char *sql;
@@ -83,25 +101,15 @@ static const struct
 	},
 
 	/*
-	 * Refused while a dispatch cursor of another server or database remains:
-	 * the outbox was restored from elsewhere and the worker has not re-based
-	 * it yet (a new event could be confused with the restored ones). A
-	 * second event of the same (tenant, idempotency key) inserts nothing; if
-	 * the first is not committed yet, the insert waits for its transaction.
+	 * With an idempotency key: a second event of the same (tenant, key)
+	 * inserts nothing; if the first is not committed yet, the insert waits
+	 * for its transaction.
 	 */
 	[EMIT_INSERT_0_2] = {
-		"INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid, "
-		"tenant, ordering_key, idempotency_key) "
-		"SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id(), $5, $6, $7 "
-		"WHERE EXISTS (SELECT 1 FROM webhook.event_types t "
-		"WHERE t.name OPERATOR(pg_catalog.=) $2) "
-		"AND NOT EXISTS (SELECT 1 FROM webhook.dispatch_cursor c "
-		"WHERE NOT (c.system_identifier OPERATOR(pg_catalog.=) $8 "
-		"AND c.database_oid OPERATOR(pg_catalog.=) $9)) "
-		"ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL "
+		EMIT_INSERT_0_2_SQL
+		" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL "
 		"DO NOTHING",
-		9, {UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, OIDOID}
+		9, EMIT_INSERT_0_2_TYPES
 	},
 
 	/*
@@ -109,16 +117,8 @@ static const struct
 	 * an insert that may meet one (speculative insertion) costs more.
 	 */
 	[EMIT_INSERT_0_2_NO_KEY] = {
-		"INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid, "
-		"tenant, ordering_key, idempotency_key) "
-		"SELECT $1, $2, $3, $4, pg_catalog.pg_current_xact_id(), $5, $6, $7 "
-		"WHERE EXISTS (SELECT 1 FROM webhook.event_types t "
-		"WHERE t.name OPERATOR(pg_catalog.=) $2) "
-		"AND NOT EXISTS (SELECT 1 FROM webhook.dispatch_cursor c "
-		"WHERE NOT (c.system_identifier OPERATOR(pg_catalog.=) $8 "
-		"AND c.database_oid OPERATOR(pg_catalog.=) $9))",
-		9, {UUIDOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, OIDOID}
+		EMIT_INSERT_0_2_SQL,
+		9, EMIT_INSERT_0_2_TYPES
 	},
 	[EMIT_FIND_KEY] = {
 		"SELECT e.id FROM webhook.event_log e "

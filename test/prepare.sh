@@ -6,6 +6,8 @@
 #   wo_as_unprivileged CMD [ARGS...]          run CMD as a user PostgreSQL accepts,
 #                                             in WO_WORKDIR (see wo_workdir)
 #   wo_remove_workdir                         remove that directory if it is a copy
+#   wo_count_tap LOG STATUS                   set TAP_PASSED, TAP_FAILED from prove's
+#                                             output in LOG and its exit STATUS
 #
 # Sets PG_MAJOR (set it beforehand to choose a version), PG_BINDIR and
 # PG_CONFIG (exported), and WO_ROOT (the repository).  A step that fails
@@ -135,4 +137,17 @@ wo_as_unprivileged() {
         ${CI:+CI="$CI"} PG_MAJOR="$PG_MAJOR" PG_BINDIR="$PG_BINDIR" \
         PG_CONFIG="$PG_CONFIG" WO_WORKDIR="$WO_WORKDIR" \
         bash -c 'cd "$WO_WORKDIR" && exec "$@"' wo_as_unprivileged "$@"
+}
+
+# Set TAP_PASSED and TAP_FAILED from prove's output in the file $1 and its
+# exit status $2. prove prints "<file> .. ok" (or "skipped") per passing
+# file and "Files=N, ..." at the end; every other file failed.
+wo_count_tap() {
+    local log=$1 status=$2 total
+    TAP_PASSED=$(grep -cE '^\S+\.pl \.+ (ok|skipped)' "$log")
+    total=$(sed -nE 's/^Files=([0-9]+),.*/\1/p' "$log" | tail -n 1)
+    TAP_FAILED=$(( ${total:-$TAP_PASSED} - TAP_PASSED ))
+    if [ "$status" -ne 0 ] && [ "$TAP_FAILED" -le 0 ]; then
+        TAP_FAILED=1            # prove did not run, or failed outside a test
+    fi
 }
