@@ -151,3 +151,37 @@ SELECT count(*) AS due_for_a
   FROM webhook.due_deliveries('{}', '{}', 10, 100, '{}', '{}', '{}') WHERE endpoint_id = :'a';
 
 ROLLBACK;
+
+-- Many endpoints due at once, max_rows fewer than them: the max_rows
+-- earliest in the total order (next_attempt_at, event_id, endpoint_id),
+-- and each endpoint's queue read only as far as its rank and share allow.
+-- Ten endpoints with 200 deliveries each, all due at the same moment (as
+-- a dispatch or a replay leaves them): a fetch of 6 once read all 2,000
+-- index entries (an upper bound the index scan could not stop at).
+BEGIN;
+DELETE FROM webhook.attempt_log;
+DELETE FROM webhook.delivery_log;
+DELETE FROM webhook.event_log;
+DELETE FROM webhook.endpoints;
+SELECT count(*) AS endpoints
+  FROM generate_series(1, 10) AS n,
+       webhook.create_webhook('https://example.com/' || n) AS ep;
+INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid)
+SELECT ('00000000-0000-7000-8000-' || lpad(n::text, 12, '0'))::uuid, 'journal_entry.posted',
+       jsonb_build_object('n', n), now() - interval '1 hour', pg_current_xact_id()
+  FROM generate_series(1, 200) AS n;
+INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at)
+SELECT e.id, ep.id, e.event_type, now() - interval '1 minute'
+  FROM webhook.event_log e CROSS JOIN webhook.endpoints ep;
+SELECT pg_stat_get_xact_tuples_returned('webhook.delivery_log_pending_idx'::regclass)
+       AS read_before \gset
+SELECT (payload::jsonb)->>'n' AS n,
+       endpoint_id = (SELECT id FROM webhook.endpoints ORDER BY id LIMIT 1 OFFSET rank - 1) AS in_id_order
+  FROM (SELECT d.*, row_number() OVER () AS rank
+          FROM webhook.due_deliveries('{}', '{}', 16, 6, '{}', '{}', '{}') AS d) AS f;
+-- Read: each endpoint's first (10), then the first six endpoints' rows, at
+-- most twice an even share of 6 each and at most 6 - rank (2 + 2 + 2 + 2 +
+-- 2 + 1).
+SELECT pg_stat_get_xact_tuples_returned('webhook.delivery_log_pending_idx'::regclass)
+       - :read_before AS index_entries_read;
+ROLLBACK;

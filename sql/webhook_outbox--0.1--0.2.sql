@@ -608,7 +608,7 @@ ALTER TABLE webhook.delivery_log
     ADD COLUMN manual_requests integer NOT NULL DEFAULT 0;
 
 -- Due deliveries, as in 0.1 (see there for the positions, the order and
--- why this is a SQL function without SET clause), with three changes:
+-- why this is a SQL function without SET clause), with these changes:
 -- - the circuit breaker is the worker's (src/scheduler.c): it passes the
 --   endpoints to pass over now (blocked_endpoints: breaker open, or held
 --   by a Retry-After) and those that may get one probe (probe_endpoints);
@@ -618,9 +618,11 @@ ALTER TABLE webhook.delivery_log
 -- - the event is joined by one key look-up per row taken, whatever the
 --   planner estimates (0.1 could read the whole event log for 64 rows);
 -- - each endpoint's first due delivery is read first, and only the
---   endpoints whose first is among the max_rows earliest are read further
---   (0.1 read every busy endpoint's share: with thousands of busy
---   endpoints, most of a second per fetch);
+--   endpoints whose first is among the max_rows earliest are read further,
+--   each at most twice its even share of max_rows (0.1 read every busy
+--   endpoint's share: with thousands of busy endpoints, most of a second
+--   per fetch); the rows taken are the earliest of those read, so one
+--   endpoint's long run of early rows no longer fills a whole fetch;
 -- - with webhook.workers > 1, a worker takes the deliveries of the
 --   endpoints it owns (worker_index of worker_count, by a hash of the id);
 -- and it returns what the worker needs besides: the delivery's count of
@@ -686,15 +688,12 @@ BEGIN ATOMIC
            -- the endpoints this worker owns (webhook.workers)
            AND (worker_count = 1 OR
                 mod(hashtext(ep.id::text)::bigint + 2147483648, worker_count) = worker_index)
-    ), bound AS (
-        -- The max_rows-th first delivery: each endpoint whose first comes
-        -- no later gives a row no later, so the max_rows rows taken all
-        -- come no later than it, and endpoints whose first comes later are
-        -- not read further (with thousands of busy endpoints, reading each
-        -- one's whole share cost a second per fetch). None: take from all.
-        SELECT c.first_at, c.first_event FROM candidates c
-         ORDER BY c.first_at, c.first_event
-        OFFSET greatest(max_rows - 1, 0) LIMIT 1
+    ), ranked AS (
+        -- Each candidate's rank by its first delivery, in the total order
+        -- of the result, and how many candidates can take a row at all.
+        SELECT c.*, (row_number() OVER (ORDER BY c.first_at, c.first_event, c.id) - 1) AS rank,
+               least(count(*) OVER (), greatest(max_rows, 1)) AS sharing
+          FROM candidates c
     )
     -- The event is joined, and its payload turned into text, only for the
     -- max_rows rows taken, not for every candidate.
@@ -705,8 +704,7 @@ BEGIN ATOMIC
       FROM (SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
                    d.next_attempt_at, d.manual_requests, c.tenant, c.rate_limit, d.order_key,
                    c.url, c.secret, c.previous_secret, c.headers
-              FROM candidates c
-              LEFT JOIN bound b ON true
+              FROM ranked c
              CROSS JOIN LATERAL (
                     SELECT d.event_id, d.endpoint_id, d.attempts, d.next_attempt_manual,
                            d.next_attempt_at, d.manual_requests, d.order_key
@@ -716,8 +714,6 @@ BEGIN ATOMIC
                        AND (d.next_attempt_at, d.event_id) >=
                            (c.first_at, c.first_event)
                        AND d.next_attempt_at <= now()
-                       AND (b.first_at IS NULL OR
-                            (d.next_attempt_at, d.event_id) <= (b.first_at, b.first_event))
                        -- NOT IN, not NOT EXISTS: a hashed look-up per row
                        -- rather than a scan of everything the worker holds.
                        AND (d.event_id, d.endpoint_id) NOT IN
@@ -727,8 +723,23 @@ BEGIN ATOMIC
                        -- slot and then be dropped by the join below.
                        AND EXISTS (SELECT 1 FROM webhook.event_log e WHERE e.id = d.event_id)
                      ORDER BY d.next_attempt_at, d.event_id
-                     LIMIT c.take) d
-             WHERE b.first_at IS NULL OR (c.first_at, c.first_event) <= (b.first_at, b.first_event)
+                     -- How far each endpoint is read: the endpoints ranked
+                     -- before it each give a row that comes before all of
+                     -- its rows, so at most max_rows - rank of its rows
+                     -- can be taken (none once its rank reaches max_rows);
+                     -- and no endpoint more than twice its even share of
+                     -- max_rows. A fetch may so take an endpoint's later
+                     -- rows before another's earlier ones beyond its share:
+                     -- every pass fetches again, and the endpoints share
+                     -- the free slots. Reading each candidate's rows up to
+                     -- max_rows (or to a bound: an index scan cannot stop
+                     -- at a bound inside a run of one timestamp, which a
+                     -- dispatch or replay leaves) read ten times the rows
+                     -- taken in a fan-out, and with a few endpoints beyond
+                     -- the bound, their whole backlog at every fetch.
+                     LIMIT least(c.take, max_rows - c.rank,
+                                 2 * ((max_rows + c.sharing - 1) / c.sharing))) d
+             WHERE c.rank < max_rows
              -- A total order: what max_rows leaves out of an endpoint's rows
              -- is always their tail, so the position after the last one
              -- taken skips nothing.
