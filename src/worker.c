@@ -88,6 +88,17 @@
 #define WORKER_PREFETCH 4
 #define WORKER_READY_MAX_MS 100
 #define WORKER_RECORD_DELAY_MS 10
+
+/*
+ * A retry, probe, hold end or rate-limit slot that comes due (the
+ * scheduler's wake-ups) starts a pass of its own only this long after the
+ * last fetch: a busy worker fetches that often anyway. At full speed the
+ * retries of an endpoint failing one request in ten come due every few
+ * hundred microseconds, and a pass for each made the passes 2.6 times as
+ * many and their batches that much smaller (a quarter more CPU per
+ * delivery).
+ */
+#define WORKER_SCHEDULED_GAP_US ((int64) WORKER_RECORD_DELAY_MS * 1000)
 #define WORKER_RECORD_DELAY_ORDERED_MS 1
 
 /*
@@ -1140,9 +1151,9 @@ worker_record_and_fetch(WorkerCycle *cycle)
 {
 	TimestampTz now = cycle->now;
 	uint32		wake = cycle->wake;
-	bool		scheduled = scheduler_wakeup_due(now, cycle->last_fetch);	/* a retry,
-																		 * probe or hold
-																		 * end came due */
+	/* a retry, probe or hold end came due (see WORKER_SCHEDULED_GAP_US) */
+	bool		scheduled = now - cycle->last_fetch >= WORKER_SCHEDULED_GAP_US &&
+		scheduler_wakeup_due(now, cycle->last_fetch);
 	WorkerPass	pass;
 
 	if (!cycle->ready ||
@@ -1237,7 +1248,12 @@ worker_sleep(WorkerCycle *cycle)
 		timeout_ms = Min(timeout_ms,
 						 (WORKER_DISPATCH_GAP_US - (now - cycle->last_dispatch) + 999) / 1000);
 	if (scheduler_next_wakeup() != 0)
-		timeout_ms = Min(timeout_ms, (scheduler_next_wakeup() - now + 999) / 1000);
+	{
+		TimestampTz at = Max(scheduler_next_wakeup(),
+							 cycle->last_fetch + WORKER_SCHEDULED_GAP_US);
+
+		timeout_ms = Min(timeout_ms, (at - now + 999) / 1000);
+	}
 	if (cycle->dispatch_more)
 		timeout_ms = 0;
 	(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
