@@ -130,10 +130,23 @@ use File::Basename qw(dirname);
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Utils;
+use Scalar::Util qw(weaken);
 use Test::More;
 use Time::HiRes qw(usleep);
 
 my $script = dirname(__FILE__) . '/../receiver.py';
+
+# Every receiver started, held weakly. A receiver a test keeps in a
+# file-scoped variable lives until global destruction, where DESTROY may
+# find IPC::Run's parts already gone and leave the process running (each
+# suite run left one or two behind); END comes before that.
+my @started;
+
+END
+{
+    local ($@, $?);    # do not disturb the test's exit status
+    $_->stop for grep { defined } @started;
+}
 
 sub start
 {
@@ -168,6 +181,8 @@ sub start
     }
     chomp($self->{port} = slurp_file($self->{port_file}));
     note("receiver listening on port $self->{port}");
+    push @started, $self;
+    weaken($started[-1]);
     return $self;
 }
 
