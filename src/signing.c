@@ -29,9 +29,6 @@
 #define SIGNING_PREFIX_LENGTH 6
 
 /*
- * Compute HMAC-SHA256 of data; errors only if OpenSSL itself fails.
- */
-/*
  * One HMAC-SHA256 context, fetched once and keyed again for each message:
  * OpenSSL 3's one-shot HMAC() looks the algorithm up by name at every call,
  * a third of its cost for a delivery-sized body.
@@ -62,8 +59,9 @@ signing_context(void)
 }
 
 /*
- * The MAC of the concatenation of count parts, keyed by key (never NULL:
- * OpenSSL would then reuse the previous message's key).
+ * HMAC-SHA256 of the concatenation of count parts, keyed by key (never
+ * NULL: OpenSSL would then reuse the previous message's key); errors only
+ * if OpenSSL itself fails.
  */
 static void
 signing_hmac(const unsigned char *key, size_t key_len, int count,
@@ -82,6 +80,9 @@ signing_hmac(const unsigned char *key, size_t key_len, int count,
 		elog(ERROR, "HMAC-SHA256 computation failed");
 }
 
+/*
+ * "sha256=" followed by the lowercase hex HMAC of the body.
+ */
 void
 signing_hex(const char *secret, size_t secret_len,
 			const char *body, size_t body_len, char out[SIGNING_HEX_LENGTH])

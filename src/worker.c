@@ -88,6 +88,7 @@
 #define WORKER_PREFETCH 4
 #define WORKER_READY_MAX_MS 100
 #define WORKER_RECORD_DELAY_MS 10
+#define WORKER_RECORD_DELAY_ORDERED_MS 1
 
 /*
  * A retry, probe, hold end or rate-limit slot that comes due (the
@@ -99,7 +100,6 @@
  * delivery).
  */
 #define WORKER_SCHEDULED_GAP_US ((int64) WORKER_RECORD_DELAY_MS * 1000)
-#define WORKER_RECORD_DELAY_ORDERED_MS 1
 
 /*
  * A commit that emitted wakes the worker to dispatch; under a stream of
@@ -1141,6 +1141,19 @@ worker_dispatch(WorkerCycle *cycle)
 }
 
 /*
+ * When the scheduler's next wake-up (a retry, probe or hold end come due)
+ * may start a pass: at that moment, but no sooner than
+ * WORKER_SCHEDULED_GAP_US after the last fetch; 0 when none is waiting.
+ */
+static TimestampTz
+worker_scheduled_at(const WorkerCycle *cycle)
+{
+	TimestampTz next = scheduler_next_wakeup();
+
+	return next == 0 ? 0 : Max(next, cycle->last_fetch + WORKER_SCHEDULED_GAP_US);
+}
+
+/*
  * Record and fetch, in one transaction, when there are new deliveries,
  * outcomes due to be recorded (or riding along with a dispatch), ready
  * deliveries just let go to fetch again, or a reason to look at the queue
@@ -1151,8 +1164,8 @@ worker_record_and_fetch(WorkerCycle *cycle)
 {
 	TimestampTz now = cycle->now;
 	uint32		wake = cycle->wake;
-	/* a retry, probe or hold end came due (see WORKER_SCHEDULED_GAP_US) */
-	bool		scheduled = now - cycle->last_fetch >= WORKER_SCHEDULED_GAP_US &&
+	TimestampTz scheduled_at = worker_scheduled_at(cycle);
+	bool		scheduled = scheduled_at != 0 && scheduled_at <= now &&
 		scheduler_wakeup_due(now, cycle->last_fetch);
 	WorkerPass	pass;
 
@@ -1234,6 +1247,7 @@ static void
 worker_sleep(WorkerCycle *cycle)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz scheduled_at = worker_scheduled_at(cycle);
 	long		timeout_ms = webhook_poll_interval_ms - (long) ((now - cycle->last_poll) / 1000);
 
 	if (cycle->retention_pending)
@@ -1247,13 +1261,8 @@ worker_sleep(WorkerCycle *cycle)
 	if (webhook_wake_pending())
 		timeout_ms = Min(timeout_ms,
 						 (WORKER_DISPATCH_GAP_US - (now - cycle->last_dispatch) + 999) / 1000);
-	if (scheduler_next_wakeup() != 0)
-	{
-		TimestampTz at = Max(scheduler_next_wakeup(),
-							 cycle->last_fetch + WORKER_SCHEDULED_GAP_US);
-
-		timeout_ms = Min(timeout_ms, (at - now + 999) / 1000);
-	}
+	if (scheduled_at != 0)
+		timeout_ms = Min(timeout_ms, (scheduled_at - now + 999) / 1000);
 	if (cycle->dispatch_more)
 		timeout_ms = 0;
 	(void) http_wait(Max(timeout_ms, 0), PG_WAIT_EXTENSION);
