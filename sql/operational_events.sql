@@ -206,6 +206,14 @@ SELECT pg_temp.record(:'a2', :'books', 1, NULL, 'connection refused', 'retry',
                       started => '2020-01-01 00:00:00+00', disable_after => '1 day');
 SELECT enabled, disabled_reason FROM webhook.endpoints WHERE id = :'books';
 SELECT * FROM pg_temp.new_events();
+-- Its other delivery (a1) is parked with it. It was under way meanwhile:
+-- its failure, recorded once the endpoint is disabled, leaves it parked,
+-- not scheduled for a retry the worker would never make.
+SELECT status, next_attempt_at FROM webhook.delivery_log WHERE event_id = :'a1' AND endpoint_id = :'books';
+SELECT pg_temp.record(:'a1', :'books', 1, 503, NULL, 'retry');
+SELECT status, attempts, next_attempt_at FROM webhook.delivery_log
+ WHERE event_id = :'a1' AND endpoint_id = :'books';
+SELECT * FROM pg_temp.new_events();
 
 --
 -- Reason 'expired': past its expires_at, the worker disables it.

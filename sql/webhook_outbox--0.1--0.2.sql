@@ -879,6 +879,8 @@ DECLARE
     v_judgeable uuid[];         -- skip_locked: endpoints whose row we hold
     v_ended_endpoints uuid[];   -- ordered deliveries that ended: their sequences
     v_ended_keys      text[];
+    v_late_events     uuid[];   -- pending deliveries of endpoints disabled before
+    v_late_endpoints  uuid[];   -- this batch: parked after it
 BEGIN
     IF skip_locked THEN
         -- Record now what we can lock; a row gone with its event is dropped.
@@ -941,7 +943,17 @@ BEGIN
            -- pending deliveries to each primary-key look-up (see 0.1).
            AND d.status NOT IN ('succeeded', 'failed', 'cancelled')
         RETURNING d.event_id, d.endpoint_id, d.event_type, d.status, d.attempts,
-                  d.last_status_code, d.last_error, o.outcome, d.order_key
+                  d.last_status_code, d.last_error, o.outcome, d.order_key, d.next_attempt_at
+    ), late AS (
+        -- Deliveries still pending whose endpoint was disabled while they
+        -- were under way (by the outcome of another, or by an operator):
+        -- parked like the endpoint's others, not left scheduled. The
+        -- endpoints read here are as they were before this statement; those
+        -- it disables are parked below (park_deliveries).
+        SELECT e.event_id, e.endpoint_id FROM deliveries e
+         WHERE e.status = 'pending' AND e.next_attempt_at < 'infinity'
+           AND EXISTS (SELECT 1 FROM webhook.endpoints ep
+                        WHERE ep.id = e.endpoint_id AND NOT ep.enabled)
     ), failed AS (
         -- Deliveries that end failed and report it: not those of
         -- operational events (the prefix webhook. is theirs alone).
@@ -998,9 +1010,19 @@ BEGIN
            (SELECT array_agg(e.endpoint_id) FROM deliveries e
              WHERE e.order_key IS NOT NULL AND e.status <> 'pending'),
            (SELECT array_agg(e.order_key) FROM deliveries e
-             WHERE e.order_key IS NOT NULL AND e.status <> 'pending')
+             WHERE e.order_key IS NOT NULL AND e.status <> 'pending'),
+           (SELECT array_agg(l.event_id) FROM late l),
+           (SELECT array_agg(l.endpoint_id) FROM late l)
       INTO v_disabled, v_gone, v_failed_endpoints, v_failed_deliveries,
-           v_ended_endpoints, v_ended_keys;
+           v_ended_endpoints, v_ended_keys, v_late_events, v_late_endpoints;
+
+    IF v_late_events IS NOT NULL THEN
+        UPDATE webhook.delivery_log d
+           SET next_attempt_at = 'infinity'
+          FROM unnest(v_late_events, v_late_endpoints) AS l(event_id, endpoint_id)
+         WHERE d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id
+           AND d.status NOT IN ('succeeded', 'failed', 'cancelled');
+    END IF;
 
     -- Ordered sequences whose delivery under way just ended: the next one
     -- of each starts (parked, if its endpoint was just disabled).
