@@ -49,6 +49,32 @@ SELECT coalesce(f.filter::text, 'NULL') AS filter, t.event_type,
        (VALUES ('journal_entry.posted'), ('webhook.endpoint.disabled'),
                ('webhook.delivery.failed')) AS t(event_type)
  ORDER BY 1, 2;
+-- filter_matches is C; it answers as the SQL expression it replaced (0.1's
+-- rule, which 0.2 changed only for operational events), NULLs included,
+-- over filters and types that test each of its branches.
+CREATE FUNCTION pg_temp.filter_matches_sql(event_types text[], event_type text)
+RETURNS boolean LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN event_types IS NULL OR cardinality(event_types) = 0
+            THEN NOT starts_with(event_type, 'webhook.')
+            ELSE event_type = ANY (event_types)
+                 OR EXISTS (SELECT 1 FROM unnest(event_types) AS p
+                             WHERE p LIKE '%.*'
+                               AND starts_with(event_type, left(p, -1)))
+       END;
+SELECT count(*) AS cases,
+       count(*) FILTER (WHERE webhook.filter_matches(f.filter, t.event_type)
+                              IS DISTINCT FROM pg_temp.filter_matches_sql(f.filter, t.event_type))
+           AS disagreements,
+       count(*) FILTER (WHERE webhook.filter_matches(f.filter, t.event_type)) AS matched,
+       count(*) FILTER (WHERE webhook.filter_matches(f.filter, t.event_type) IS NULL) AS unknown
+  FROM (VALUES (NULL::text[]), ('{}'), ('{a.b}'), ('{a.*}'), ('{a.b.*}'),
+               ('{.*}'), ('{*}'), ('{a*}'), ('{a.}'), ('{x.y,a.*}'), ('{a.b.c}'),
+               ('{NULL}'), ('{NULL,a.b}'), ('{NULL,a.*}'), ('{webhook.*}'),
+               ('{journal_entry.*,webhook.endpoint.*}'), ('{é.*}'), ('{{a.b,x.*},{c.d,e.f}}'),
+               ('[0:1]={q.r,a.b}')) AS f(filter),
+       (VALUES (NULL::text), (''), ('a'), ('a.'), ('a.b'), ('a.b.c'), ('ab.c'), ('x.y'),
+               ('webhook.'), ('webhook.endpoint.disabled'), ('webhooks.x'),
+               ('journal_entry.posted'), ('é.x'), ('.x')) AS t(event_type);
 
 -- The endpoints of this file:
 --   ops      no tenant, every operational event: it hears about every tenant's endpoints

@@ -453,10 +453,8 @@ DECLARE
     v_cursor     webhook.dispatch_cursor;
     v_last_txid  xid8;
     v_last_id    uuid;
-    v_system     bigint := coalesce(system_identifier,
-                                    (SELECT s.system_identifier FROM pg_control_system() s));
-    v_database   oid := coalesce(database_oid, (SELECT d.oid FROM pg_database d
-                                                 WHERE d.datname = current_database()));
+    v_system     bigint := system_identifier;
+    v_database   oid := database_oid;
     v_found      boolean;
     v_ordered_endpoints uuid[];
     v_ordered_keys      text[];
@@ -465,8 +463,16 @@ BEGIN
         RAISE EXCEPTION 'max_events must be 1 to 16777215, not %', max_events
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- This database's cursor, and whether a restore brought another's (the
-    -- worker passes where it runs: reading pg_control at every pass costs).
+    -- Where this runs, unless the caller said. The worker says, at every
+    -- pass: reading pg_control costs, and so does starting an executor for
+    -- a default expression with a subquery even when it is not needed.
+    IF v_system IS NULL THEN
+        v_system := (SELECT s.system_identifier FROM pg_control_system() s);
+    END IF;
+    IF v_database IS NULL THEN
+        v_database := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    END IF;
+    -- This database's cursor, and whether a restore brought another's.
     SELECT c.* INTO v_cursor FROM webhook.dispatch_cursor c
      WHERE c.system_identifier = v_system AND c.database_oid = v_database
        FOR UPDATE NOWAIT;
@@ -1970,19 +1976,12 @@ $$;
 -- through; those go only to endpoints that name them, by name or by a
 -- pattern. An endpoint created to receive the ledger's events does not
 -- start receiving the extension's own on update. Dispatch and replay
--- route by it.
+-- route by it, once per event and endpoint: it is C (src/endpoints.c), as
+-- SQL it was planned at every dispatch pass and ran an executor per call.
 CREATE OR REPLACE FUNCTION webhook.filter_matches(event_types text[], event_type text)
     RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
--- No SET clause: it would stop the planner inlining this into dispatch. The
--- body is parsed at creation, so the caller's search_path cannot change it.
-RETURN CASE WHEN event_types IS NULL OR cardinality(event_types) = 0
-            THEN NOT starts_with(event_type, 'webhook.')
-            ELSE event_type = ANY (event_types)
-                 OR EXISTS (SELECT 1 FROM unnest(event_types) AS p
-                             WHERE p LIKE '%.*'
-                               AND starts_with(event_type, left(p, -1)))
-       END;
+    LANGUAGE c IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'webhook_filter_matches';
 
 -- Records an operational event of event_type about the endpoint endpoint_id
 -- in the current transaction, as webhook.emit records an event: a new

@@ -13,8 +13,10 @@
  */
 #include "webhook_outbox.h"
 
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -347,4 +349,68 @@ webhook_generate_secret(PG_FUNCTION_ARGS)
 	EVP_EncodeBlock((unsigned char *) secret + 6, raw, sizeof(raw));
 	explicit_bzero(raw, sizeof(raw));
 	PG_RETURN_TEXT_P(cstring_to_text(secret));
+}
+
+/*
+ * webhook.filter_matches(event_types, event_type): whether an endpoint's
+ * filter lets an event type through. NULL or '{}' lets every event through
+ * but the operational ones (prefix "webhook."); otherwise an element names
+ * the type, or is a pattern "prefix.*" that every type starting with
+ * "prefix." matches. NULL when nothing matched and the filter or the type
+ * had a NULL, as the SQL expression it replaces.
+ *
+ * In C because dispatch asks it for every (event, endpoint): as a SQL
+ * function (the pattern test needs a subquery, so it could not be inlined)
+ * it was planned again at each dispatch pass and started an executor at
+ * each call. Byte comparisons: equality and prefixes of text under a
+ * deterministic collation.
+ */
+PG_FUNCTION_INFO_V1(webhook_filter_matches);
+Datum
+webhook_filter_matches(PG_FUNCTION_ARGS)
+{
+	text	   *type;
+	const char *type_data;
+	int			type_len;
+	ArrayType  *filter;
+	Datum	   *elements;
+	bool	   *nulls;
+	int			count;
+	bool		saw_null = false;
+
+	if (PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	type = PG_GETARG_TEXT_PP(1);
+	type_data = VARDATA_ANY(type);
+	type_len = VARSIZE_ANY_EXHDR(type);
+
+	filter = PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0);
+	if (filter == NULL || ArrayGetNItems(ARR_NDIM(filter), ARR_DIMS(filter)) == 0)
+		PG_RETURN_BOOL(!(type_len >= 8 && memcmp(type_data, "webhook.", 8) == 0));
+
+	deconstruct_array(filter, TEXTOID, -1, false, TYPALIGN_INT, &elements, &nulls, &count);
+	for (int i = 0; i < count; i++)
+	{
+		text	   *element;
+		const char *data;
+		int			len;
+
+		if (nulls[i])
+		{
+			saw_null = true;
+			continue;
+		}
+		element = DatumGetTextPP(elements[i]);
+		data = VARDATA_ANY(element);
+		len = VARSIZE_ANY_EXHDR(element);
+		if (len == type_len && memcmp(data, type_data, len) == 0)
+			PG_RETURN_BOOL(true);
+		/* "prefix.*": the type starts with "prefix." */
+		if (len >= 2 && data[len - 2] == '.' && data[len - 1] == '*' &&
+			type_len >= len - 1 && memcmp(type_data, data, len - 1) == 0)
+			PG_RETURN_BOOL(true);
+	}
+	if (saw_null)
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(false);
 }
