@@ -186,7 +186,9 @@ class Postgres:
 class Nginx:
     """nginx answering 204 to everything on `count` loopback ports (503 to
     one request in ten under /flaky, as a load balancer would; 500 under
-    /flaky500, after which nginx closes the connection), plus a
+    /flaky500, after which nginx closes the connection; /steady draws the
+    same lot and answers 204 anyway, for the healthy side of that
+    comparison), plus a
     stub_status port that counts requests (progress without asking the
     database)."""
 
@@ -198,6 +200,7 @@ class Nginx:
         self.status_polls = 0
         servers = '\n'.join(
             '    server { listen 127.0.0.1:%d reuseport backlog=4096; location / { return 204; }'
+            ' location /steady { if ($flaky) { return 204; } return 204; }'
             ' location /flaky { if ($flaky) { return 503; } return 204; }'
             ' location /flaky500 { if ($flaky) { return 500; } return 204; } }' % p
             for p in self.ports)

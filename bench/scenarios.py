@@ -713,7 +713,9 @@ def scenario_flaky(b, runs, context):
     pays a new one. Failed tries are retried on their own schedule (5 s
     later); the others must not wait for them."""
     n = SIZES['DRAIN_EVENTS']
-    healthy = b.create_endpoint(b.nginx.url(0))
+    # The healthy endpoint's nginx location draws the same lot per request
+    # (a request id, split_clients) as the flaky ones': only the failures differ.
+    healthy = b.create_endpoint(b.nginx.url(0, '/steady'))
     flaky = {'503': b.create_endpoint(b.nginx.url(1, '/flaky')),
              '500': b.create_endpoint(b.nginx.url(2, '/flaky500'))}
     for endpoint in flaky.values():
