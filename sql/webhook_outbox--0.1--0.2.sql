@@ -1977,7 +1977,8 @@ $$;
 -- pattern. An endpoint created to receive the ledger's events does not
 -- start receiving the extension's own on update. Dispatch and replay
 -- route by it, once per event and endpoint: it is C (src/endpoints.c), as
--- SQL it was planned at every dispatch pass and ran an executor per call.
+-- a SQL function it could not be inlined and would be planned at every
+-- dispatch pass.
 CREATE OR REPLACE FUNCTION webhook.filter_matches(event_types text[], event_type text)
     RETURNS boolean
     LANGUAGE c IMMUTABLE PARALLEL SAFE

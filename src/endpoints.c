@@ -359,11 +359,11 @@ webhook_generate_secret(PG_FUNCTION_ARGS)
  * "prefix." matches. NULL when nothing matched and the filter or the type
  * had a NULL, as the SQL expression it replaces.
  *
- * In C because dispatch asks it for every (event, endpoint): as a SQL
- * function (the pattern test needs a subquery, so it could not be inlined)
- * it was planned again at each dispatch pass and started an executor at
- * each call. Byte comparisons: equality and prefixes of text under a
- * deterministic collation.
+ * In C because dispatch asks it for every (event, endpoint): a SQL
+ * function with a subquery (the pattern test) cannot be inlined, so it
+ * would be planned at each dispatch pass and start an executor per call.
+ * Byte comparisons: equality and prefixes of text under a deterministic
+ * collation.
  */
 PG_FUNCTION_INFO_V1(webhook_filter_matches);
 Datum
