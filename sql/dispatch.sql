@@ -81,6 +81,37 @@ END $$;
 SELECT webhook.replay(:'b', now() - interval '1 hour', now() + interval '1 hour') AS replayed;
 SELECT * FROM webhook.dispatch_new_events(10);
 
+-- A pass whose cursor saw a transaction in progress (in its snapshot's
+-- xip) looks that transaction's events up through (txid, id), whatever
+-- the statistics say: after one big transaction (a period closed, here
+-- 130,000 events, written directly and taken as dispatched) ANALYZE finds
+-- few distinct txids, and the planner read the event log in id order for
+-- each such transaction, to its end. The event log's txid column declares
+-- its own n_distinct for that.
+DELETE FROM webhook.endpoints;
+DELETE FROM webhook.attempt_log;
+DELETE FROM webhook.event_log;
+INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid)
+SELECT webhook.uuid_v7(), 'journal_entry.posted', '{}', now(), pg_current_xact_id()
+  FROM generate_series(1, 130000);
+SELECT webhook.emit('journal_entry.posted', '{}') AS late \gset
+SELECT txid::text AS late_txid FROM webhook.event_log WHERE id = :'late' \gset
+ANALYZE webhook.event_log;
+-- The cursor as a pass that saw the late one in progress leaves it (and
+-- the big one done).
+UPDATE webhook.dispatch_cursor
+   SET snapshot = format('%1$s:%2$s:%1$s', :'late_txid', :'late_txid'::bigint + 1)::pg_snapshot;
+BEGIN;
+SELECT pg_stat_get_xact_tuples_returned('webhook.event_log_pkey'::regclass) AS by_id,
+       pg_stat_get_xact_tuples_returned('webhook.event_log_txid_idx'::regclass) AS by_txid \gset
+SELECT * FROM webhook.dispatch_new_events(64);
+-- Index entries the pass read: the late event's, not the log's.
+SELECT pg_stat_get_xact_tuples_returned('webhook.event_log_pkey'::regclass) - :by_id
+           AS read_in_id_order,
+       pg_stat_get_xact_tuples_returned('webhook.event_log_txid_idx'::regclass) - :by_txid
+           AS read_by_txid;
+COMMIT;
+
 DELETE FROM webhook.attempt_log;
 DELETE FROM webhook.event_log;
 DELETE FROM webhook.endpoints;
