@@ -153,4 +153,42 @@ SELECT webhook.remove_old_history(interval '30 days', 1) AS first_batch;
 SELECT webhook.remove_old_history(interval '30 days', 1) AS second_batch;
 SELECT webhook.remove_old_history(interval '30 days', 1) AS nothing_left;
 SELECT e.id FROM webhook.events e ORDER BY e.id;
+
+-- The worker walks the old history a step at a time
+-- (remove_old_history_step), carrying the position from step to step:
+-- events kept because a delivery is still pending are read once a walk,
+-- not again at every step. 30 old events still pending (parked) come
+-- before 5 old events done with; steps of 10 read 10 index entries each
+-- (the first also the three events removed above, gone but still indexed).
+INSERT INTO webhook.event_log (id, event_type, payload, created_at, txid)
+SELECT ('00000000-0000-7000-8001-' || lpad(n::text, 12, '0'))::uuid, 'journal_entry.posted', '{}',
+       now() - interval '40 days' + n * interval '1 minute', pg_current_xact_id()
+  FROM generate_series(1, 35) AS n;
+INSERT INTO webhook.delivery_log (event_id, endpoint_id, event_type, next_attempt_at)
+SELECT e.id, (SELECT ep.id FROM webhook.endpoints ep ORDER BY ep.id LIMIT 1), e.event_type, 'infinity'
+  FROM webhook.event_log e
+ WHERE e.id BETWEEN '00000000-0000-7000-8001-000000000001' AND '00000000-0000-7000-8001-000000000030';
+DO $$
+DECLARE
+    v_step  record;
+    v_at    timestamptz;
+    v_id    uuid;
+    v_read  bigint;
+BEGIN
+    FOR n IN 1..10 LOOP
+        v_read := pg_stat_get_xact_tuples_returned('webhook.event_log_created_at_idx'::regclass);
+        SELECT * INTO v_step FROM webhook.remove_old_history_step('30 days', 10, v_at, v_id);
+        RAISE NOTICE 'step %: removed %, index entries read %, more to look at: %', n, v_step.removed,
+            pg_stat_get_xact_tuples_returned('webhook.event_log_created_at_idx'::regclass) - v_read,
+            v_step.last_at IS NOT NULL;
+        EXIT WHEN v_step.last_at IS NULL;
+        v_at := v_step.last_at;
+        v_id := v_step.last_id;
+    END LOOP;
+END
+$$;
+SELECT count(*) AS kept_pending, count(*) FILTER (WHERE e.id > '00000000-0000-7000-8001-000000000030')
+           AS done_with_left
+  FROM webhook.event_log e WHERE e.id::text LIKE '00000000-0000-7000-8001-%';
+SELECT webhook.remove_old_history(interval '30 days', -1);
 ROLLBACK;

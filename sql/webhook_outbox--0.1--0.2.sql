@@ -1072,34 +1072,92 @@ REVOKE ALL ON FUNCTION webhook.record_attempts(uuid[], uuid[], integer[], timest
     double precision[], integer[], text[], text[], boolean[], text[], timestamptz[],
     integer[], text[], interval, boolean, boolean) FROM PUBLIC;
 
--- Removes history older than retention, at most batch events at a time
--- (their deliveries go with them, by the foreign key; attempts here), so
--- no lock is held for long. Events with a pending delivery are kept
+-- Retention walks the old events in (created_at, id) order.
+DROP INDEX webhook.event_log_created_at_idx;
+CREATE INDEX event_log_created_at_idx ON webhook.event_log (created_at, id);
+
+-- One step of retention: looks at the next batch events older than
+-- retention after the position (after_at, after_id) (NULL: from the
+-- oldest), removes those it can (their deliveries go with them, by the
+-- foreign key; attempts here), and returns how many it removed and the
+-- position it reached: NULL once it looked at fewer than batch, when no
+-- old event is left after it. Events with a pending delivery are kept
 -- whatever their age, and so are events another transaction holds (a
 -- retry_delivery or replay under way): the worker never waits for them.
+-- A step costs what batch events cost however many are kept before it:
+-- the worker carries the position from step to step, so the events kept
+-- are read once a pass over the history, not at every batch.
+CREATE FUNCTION webhook.remove_old_history_step(retention interval, batch integer,
+                                                after_at timestamptz, after_id uuid,
+                                                OUT removed bigint,
+                                                OUT last_at timestamptz, OUT last_id uuid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_looked integer;
+BEGIN
+    WITH looked AS MATERIALIZED (
+        SELECT e.id, e.created_at FROM webhook.event_log e
+         WHERE e.created_at < now() - retention
+           AND (e.created_at, e.id) > (coalesce(after_at, '-infinity'),
+                                       coalesce(after_id, '00000000-0000-0000-0000-000000000000'))
+         ORDER BY e.created_at, e.id
+         LIMIT batch
+    ), old AS MATERIALIZED (
+        SELECT e.id FROM webhook.event_log e
+         WHERE e.id IN (SELECT l.id FROM looked l)
+           AND NOT EXISTS (SELECT 1 FROM webhook.delivery_log d
+                            WHERE d.event_id = e.id
+                              -- not "= 'pending'": see record_attempts
+                              AND d.status NOT IN ('succeeded', 'failed', 'cancelled'))
+           FOR UPDATE SKIP LOCKED
+    ), attempts AS (
+        DELETE FROM webhook.attempt_log a USING old WHERE a.event_id = old.id
+    ), gone AS (
+        DELETE FROM webhook.event_log e USING old WHERE e.id = old.id RETURNING 1
+    ), last AS (
+        SELECT l.created_at, l.id FROM looked l ORDER BY l.created_at DESC, l.id DESC LIMIT 1
+    )
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM looked),
+           (SELECT l.created_at FROM last l), (SELECT l.id FROM last l)
+      INTO removed, v_looked, last_at, last_id;
+    IF v_looked < batch THEN
+        last_at := NULL;
+        last_id := NULL;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION webhook.remove_old_history_step(interval, integer, timestamptz, uuid)
+    FROM PUBLIC;
+
+-- Removes history older than retention, at most batch events a call, the
+-- oldest first (see remove_old_history_step): steps from the oldest until
+-- batch are removed or no old event is left.
 CREATE OR REPLACE FUNCTION webhook.remove_old_history(retention interval, batch integer)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_removed bigint;
+    v_removed bigint := 0;
+    v_step    record;
+    v_at      timestamptz;
+    v_id      uuid;
 BEGIN
-    WITH old AS MATERIALIZED (
-        SELECT e.id FROM webhook.event_log e
-         WHERE e.created_at < now() - retention
-           AND NOT EXISTS (SELECT 1 FROM webhook.delivery_log d
-                            WHERE d.event_id = e.id
-                              -- not "= 'pending'": see record_attempts
-                              AND d.status NOT IN ('succeeded', 'failed', 'cancelled'))
-         ORDER BY e.created_at
-         LIMIT batch
-           FOR UPDATE SKIP LOCKED
-    ), attempts AS (
-        DELETE FROM webhook.attempt_log a USING old WHERE a.event_id = old.id
-    )
-    DELETE FROM webhook.event_log e USING old WHERE e.id = old.id;
-    GET DIAGNOSTICS v_removed = ROW_COUNT;
+    IF batch < 0 THEN
+        RAISE EXCEPTION 'batch must not be negative, not %', batch
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        EXIT WHEN v_removed >= batch;
+        SELECT * INTO v_step
+          FROM webhook.remove_old_history_step(retention, (batch - v_removed)::integer, v_at, v_id);
+        v_removed := v_removed + v_step.removed;
+        EXIT WHEN v_step.last_at IS NULL;
+        v_at := v_step.last_at;
+        v_id := v_step.last_id;
+    END LOOP;
     RETURN v_removed;
 END
 $$;

@@ -96,6 +96,17 @@ typedef enum SchemaState
 	SCHEMA_READY
 } SchemaState;
 
+/*
+ * Where retention's walk over the old history stands (see
+ * webhook.remove_old_history_step): unset at the start of a walk.
+ */
+typedef struct RetentionPosition
+{
+	bool		set;
+	TimestampTz at;
+	pg_uuid_t	id;
+} RetentionPosition;
+
 /* queue.c: the worker's SQL, each call inside a transaction */
 extern SchemaState queue_schema_state(char **version);
 extern int64 queue_dispatch(int max_events, int *events);
@@ -106,7 +117,7 @@ extern int	queue_fetch(int limit, int per_endpoint, DeliveryKey *busy, int busy_
 						int worker_index, int worker_count,
 						Delivery **fetched, MemoryContext context);
 extern int	queue_record(Delivery **done, int count, bool history);
-extern int64 queue_remove_old_history(int batch);
+extern int64 queue_remove_old_history(int batch, RetentionPosition *position);
 extern int	queue_disable_expired_endpoints(void);
 extern int64 queue_start_waiting_sequences(void);
 extern void queue_free_delivery(Delivery *delivery);

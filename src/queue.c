@@ -532,25 +532,48 @@ queue_start_waiting_sequences(void)
 }
 
 /*
- * Remove up to batch events of history older than webhook.retention.
+ * One step of retention: look at the next batch events older than
+ * webhook.retention after position, remove those that may go, and move
+ * position on (unset once no old event is left after it). Returns how many
+ * were removed.
  */
 int64
-queue_remove_old_history(int batch)
+queue_remove_old_history(int batch, RetentionPosition *position)
 {
-	Oid			types[2] = {INTERVALOID, INT4OID};
-	Datum		values[2];
+	Oid			types[4] = {INTERVALOID, INT4OID, TIMESTAMPTZOID, UUIDOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Interval   *retention = palloc0(sizeof(Interval));
+	HeapTuple	row;
+	TupleDesc	desc;
 	bool		isnull;
 	int64		removed;
+	Datum		at;
+	Datum		id;
 
 	retention->time = (int64) webhook_retention_s * USECS_PER_SEC;
 	values[0] = IntervalPGetDatum(retention);
 	values[1] = Int32GetDatum(batch);
+	values[2] = TimestampTzGetDatum(position->at);
+	values[3] = UUIDPGetDatum(&position->id);
+	if (!position->set)
+		nulls[2] = nulls[3] = 'n';
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	queue_execute(&remove_plan, "SELECT webhook.remove_old_history($1, $2)", 2, types, values, NULL,
-				  SPI_OK_SELECT);
-	removed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	queue_execute(&remove_plan,
+				  "SELECT removed, last_at, last_id FROM webhook.remove_old_history_step($1, $2, $3, $4)",
+				  4, types, values, nulls, SPI_OK_SELECT);
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	removed = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+	at = SPI_getbinval(row, desc, 2, &isnull);
+	position->set = !isnull;
+	if (position->set)
+	{
+		position->at = DatumGetTimestampTz(at);
+		id = SPI_getbinval(row, desc, 3, &isnull);
+		position->id = *DatumGetUUIDP(id);
+	}
 	SPI_finish();
 	return removed;
 }

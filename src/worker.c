@@ -860,24 +860,26 @@ worker_report_activity(bool ready)
 }
 
 /*
- * Remove one batch of history older than webhook.retention.
+ * One step of retention, from where the last one stopped.
  */
 static void
 worker_remove_batch(void *arg)
 {
-	*(int64 *) arg = queue_remove_old_history(WORKER_RETENTION_BATCH);
+	(void) queue_remove_old_history(WORKER_RETENTION_BATCH, (RetentionPosition *) arg);
 }
 
 /*
- * Remove a batch; true while more old history may remain.
+ * Take a step of retention's walk over the old history; true while old
+ * history may remain after it. The position is the walk's: each step reads
+ * the next batch, so the events kept (those still pending) are read once a
+ * walk, not again at every batch. A failed step starts the walk afresh.
  */
 static bool
-worker_apply_retention(void)
+worker_apply_retention(RetentionPosition *position)
 {
-	int64		removed = 0;
-
-	return worker_transaction(worker_remove_batch, &removed, "remove old history") &&
-		removed == WORKER_RETENTION_BATCH;
+	if (!worker_transaction(worker_remove_batch, position, "remove old history"))
+		position->set = false;
+	return position->set;
 }
 
 /*
@@ -924,6 +926,7 @@ typedef struct WorkerCycle
 	bool		ready;			/* the extension is here, at our version */
 	bool		dispatch_more;	/* a big commit's next chunk is due */
 	bool		retention_pending;
+	RetentionPosition retention_position;	/* where that walk stands */
 	TimestampTz last_poll;
 	TimestampTz last_dispatch;
 	TimestampTz last_retention;
@@ -1232,7 +1235,8 @@ worker_retention(WorkerCycle *cycle)
 	if (cycle->retention_pending &&
 		TimestampDifferenceExceeds(cycle->last_retention, cycle->now, WORKER_RETENTION_PAUSE_MS))
 	{
-		cycle->retention_pending = cycle->ready && worker_apply_retention();
+		cycle->retention_pending = cycle->ready &&
+			worker_apply_retention(&cycle->retention_position);
 		cycle->last_retention = cycle->now;
 	}
 }
