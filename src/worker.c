@@ -1000,6 +1000,15 @@ worker_setup(Oid database)
 	 */
 	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * And when such a wait closes a cycle with a user's command (DROP
+	 * EXTENSION locks the tables one by one while a pass reads them in
+	 * another order), the worker looks for the deadlock first, long before
+	 * the user's session would, and so is the one that gives way: its pass
+	 * is tried again, the user's command goes through.
+	 */
+	SetConfigOption("deadlock_timeout", "50ms", PGC_SUSET, PGC_S_OVERRIDE);
+
 	worker_context = AllocSetContextCreate(TopMemoryContext, "webhook_outbox deliveries",
 										   ALLOCSET_DEFAULT_SIZES);
 	worker_capacity = 64;
