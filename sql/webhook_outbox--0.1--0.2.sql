@@ -771,9 +771,11 @@ BEGIN ATOMIC
 END;
 REVOKE ALL ON FUNCTION webhook.due_deliveries(uuid[], uuid[], integer, integer, uuid[], timestamptz[], uuid[], uuid[], uuid[], integer, integer) FROM PUBLIC;
 
--- Parks the pending deliveries of endpoints the worker just disabled. Rows
+-- Parks the pending deliveries of endpoints the worker found disabled. Rows
 -- an operator holds stay due; the worker does not fetch a disabled
--- endpoint's deliveries anyway.
+-- endpoint's deliveries anyway. Those already parked are passed over (the
+-- index scan stops before them), so parking an endpoint whose backlog is
+-- parked costs only the few that are not.
 CREATE FUNCTION webhook.park_deliveries(endpoint_ids uuid[]) RETURNS void
     LANGUAGE sql
     SET search_path = pg_catalog, pg_temp
@@ -784,7 +786,7 @@ BEGIN ATOMIC
             SELECT p.event_id, p.endpoint_id FROM webhook.delivery_log p
              WHERE p.endpoint_id = ANY (park_deliveries.endpoint_ids) AND p.status = 'pending'
                -- a delivery waiting its turn in an ordered sequence waits on
-               AND p.next_attempt_at IS NOT NULL
+               AND p.next_attempt_at < 'infinity'
                FOR NO KEY UPDATE SKIP LOCKED);
 END;
 REVOKE ALL ON FUNCTION webhook.park_deliveries(uuid[]) FROM PUBLIC;
@@ -894,8 +896,8 @@ DECLARE
     v_judgeable uuid[];         -- skip_locked: endpoints whose row we hold
     v_ended_endpoints uuid[];   -- ordered deliveries that ended: their sequences
     v_ended_keys      text[];
-    v_late_events     uuid[];   -- pending deliveries of endpoints disabled before
-    v_late_endpoints  uuid[];   -- this batch: parked after it
+    v_late_endpoints  uuid[];   -- endpoints disabled before this batch, with
+                                -- deliveries it leaves pending: parked after it
 BEGIN
     IF skip_locked THEN
         -- Record now what we can lock; a row gone with its event is dropped.
@@ -960,12 +962,12 @@ BEGIN
         RETURNING d.event_id, d.endpoint_id, d.event_type, d.status, d.attempts,
                   d.last_status_code, d.last_error, o.outcome, d.order_key, d.next_attempt_at
     ), late AS (
-        -- Deliveries still pending whose endpoint was disabled while they
-        -- were under way (by the outcome of another, or by an operator):
-        -- parked like the endpoint's others, not left scheduled. The
+        -- Endpoints disabled while their deliveries were under way (by the
+        -- outcome of another, or by an operator): those left pending are
+        -- parked below like the endpoint's others, not left scheduled. The
         -- endpoints read here are as they were before this statement; those
-        -- it disables are parked below (park_deliveries).
-        SELECT e.event_id, e.endpoint_id FROM deliveries e
+        -- it disables are parked with them.
+        SELECT DISTINCT e.endpoint_id FROM deliveries e
          WHERE e.status = 'pending' AND e.next_attempt_at < 'infinity'
            AND EXISTS (SELECT 1 FROM webhook.endpoints ep
                         WHERE ep.id = e.endpoint_id AND NOT ep.enabled)
@@ -1026,18 +1028,9 @@ BEGIN
              WHERE e.order_key IS NOT NULL AND e.status <> 'pending'),
            (SELECT array_agg(e.order_key) FROM deliveries e
              WHERE e.order_key IS NOT NULL AND e.status <> 'pending'),
-           (SELECT array_agg(l.event_id) FROM late l),
            (SELECT array_agg(l.endpoint_id) FROM late l)
       INTO v_disabled, v_gone, v_failed_endpoints, v_failed_deliveries,
-           v_ended_endpoints, v_ended_keys, v_late_events, v_late_endpoints;
-
-    IF v_late_events IS NOT NULL THEN
-        UPDATE webhook.delivery_log d
-           SET next_attempt_at = 'infinity'
-          FROM unnest(v_late_events, v_late_endpoints) AS l(event_id, endpoint_id)
-         WHERE d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id
-           AND d.status NOT IN ('succeeded', 'failed', 'cancelled');
-    END IF;
+           v_ended_endpoints, v_ended_keys, v_late_endpoints;
 
     -- Ordered sequences whose delivery under way just ended: the next one
     -- of each starts (parked, if its endpoint was just disabled).
@@ -1045,12 +1038,13 @@ BEGIN
         PERFORM webhook.start_order_heads(v_ended_endpoints, v_ended_keys);
     END IF;
 
-    -- Park the pending deliveries of the endpoints just disabled: a statement
-    -- of its own, run only when there are some (joined to the one above, it
-    -- let the planner read the whole backlog whenever the partial index's
+    -- Park the pending deliveries of the endpoints just disabled, and of
+    -- those disabled while this batch was under way: a statement of its
+    -- own, run only when there are some (joined to the one above, it let
+    -- the planner read the whole backlog whenever the partial index's
     -- statistics said it was empty).
-    IF v_disabled IS NOT NULL THEN
-        PERFORM webhook.park_deliveries(v_disabled);
+    IF v_disabled IS NOT NULL OR v_late_endpoints IS NOT NULL THEN
+        PERFORM webhook.park_deliveries(v_disabled || v_late_endpoints);
     END IF;
 
     -- The operational events, once the changes they report are made (and
